@@ -1,0 +1,122 @@
+"""Content digests: the ``Digest`` value type and a streaming hasher that verifies as it goes.
+
+A ``Digest`` is parsed once at the edge (``Digest.parse("sha256:…")``) and passed around as a
+value; nothing deeper in the code handles raw ``"sha256:…"`` strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+from pytest_minidock.errors import DigestMismatch, InvalidDigest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]
+
+_HEX_LEN = {"sha256": 64, "sha512": 128}
+_ALGO_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*$")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Digest:
+    """A validated content digest such as ``sha256:e3b0c4…``; ``str()`` round-trips."""
+
+    algorithm: str
+    hex: str
+
+    def __post_init__(self) -> None:
+        expected = _HEX_LEN.get(self.algorithm)
+        if expected is None:
+            raise InvalidDigest(
+                f"invalid digest {self.algorithm}:{self.hex}: unsupported algorithm "
+                f"{self.algorithm!r} (use sha256 or sha512)"
+            )
+        if len(self.hex) != expected or not all(c in "0123456789abcdef" for c in self.hex):
+            raise InvalidDigest(
+                f"invalid digest {self.algorithm}:{self.hex}: expected {expected} lower-case hex "
+                "characters"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse ``algorithm:hex``; raise ``InvalidDigest`` naming the text otherwise."""
+        algorithm, sep, hexpart = text.partition(":")
+        if not sep or not _ALGO_RE.match(algorithm):
+            raise InvalidDigest(f"invalid digest {text!r}: expected 'sha256:<64 hex characters>'")
+        return cls(algorithm, hexpart)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Digest:
+        """The sha256 digest of ``data``."""
+        return sha256_bytes(data)
+
+    @property
+    def short(self) -> str:
+        """The 12-character prefix docker shows as an IMAGE ID."""
+        return self.hex[:12]
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    def verify(self, data: bytes) -> None:
+        """Raise ``DigestMismatch`` unless ``data`` hashes to this digest."""
+        h = hashlib.new(self.algorithm)
+        h.update(data)
+        got = h.hexdigest()
+        if got != self.hex:
+            raise DigestMismatch(f"content hashes to {self.algorithm}:{got}, expected {self}")
+
+
+class Hasher:
+    """Streaming hasher: feed chunks, read the ``Digest`` and byte count at the end."""
+
+    __slots__ = ("_h", "algorithm", "size")
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        if algorithm not in _HEX_LEN:
+            raise InvalidDigest(f"unsupported digest algorithm {algorithm!r}")
+        self.algorithm = algorithm
+        self._h = hashlib.new(algorithm)
+        self.size = 0
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Add ``chunk`` to the hash."""
+        self._h.update(chunk)
+        self.size += len(chunk)
+
+    def digest(self) -> Digest:
+        """The digest of everything fed so far."""
+        return Digest(self.algorithm, self._h.hexdigest())
+
+    def verify(self, expected: Digest, *, what: str = "content") -> None:
+        """Raise ``DigestMismatch`` (naming ``what``) unless the content hashes to ``expected``."""
+        got = self.digest()
+        if got != expected:
+            raise DigestMismatch(f"{what} hashes to {got}, expected {expected}")
+
+
+def sha256_bytes(data: bytes) -> Digest:
+    """The sha256 ``Digest`` of ``data``."""
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+def sha256_file(fileobj: IO[bytes]) -> tuple[Digest, int]:
+    """Hash a binary file object from its current position to EOF; return (digest, size)."""
+    h = Hasher()
+    for chunk in iter(lambda: fileobj.read(_CHUNK), b""):
+        h.update(chunk)
+    return h.digest(), h.size
+
+
+def sha256_chunks(chunks: Iterable[bytes]) -> Digest:
+    """The sha256 ``Digest`` of the concatenation of ``chunks``."""
+    h = Hasher()
+    for c in chunks:
+        h.update(c)
+    return h.digest()
