@@ -1,0 +1,381 @@
+"""Image archives: write ``docker save`` tars, and read them back (docker-archive or OCI layout).
+
+``save_archive`` writes what ``docker save`` writes since Docker 25: an OCI image layout
+(``oci-layout``, ``index.json``, ``blobs/sha256/…``) plus docker's ``manifest.json``, so both
+``docker load`` (any version: it reads ``manifest.json``) and OCI tools accept it. Layers are written
+as stored (gzip); ``docker load`` detects the compression.
+
+``ArchiveReader`` reads such a tar, the legacy docker-archive (``<id>/layer.tar`` directories,
+symlinked duplicate layers included) and plain OCI-layout tars (names from
+``io.containerd.image.name`` or a full ``org.opencontainers.image.ref.name``). It only ever looks up
+member names inside the tar; nothing is extracted to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from pytest_minidock.digest import Digest, sha256_file
+from pytest_minidock.errors import ImageError, InvalidDigest, InvalidReference
+from pytest_minidock.image import mediatypes as mt
+from pytest_minidock.image.model import (
+    CONTAINERD_NAME,
+    REF_NAME,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    canonical_json,
+)
+from pytest_minidock.reference import Reference
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pytest_minidock.image.protocols import Image
+
+__all__ = ["ArchiveImage", "ArchiveLayer", "ArchiveReader", "save_archive", "select_platform"]
+
+_CHUNK = 1 << 20
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = 0
+    tar.addfile(info)
+
+
+def save_archive(images: Sequence[tuple[Image, Sequence[Reference]]], out: IO[bytes]) -> None:
+    """Write ``images`` (each with the names to record) as a ``docker save`` tar to ``out``."""
+    written: set[Digest] = set()
+    index_entries: list[dict[str, Any]] = []
+    manifest_json: list[dict[str, Any]] = []
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_dir(tar, "blobs/")
+        _add_dir(tar, "blobs/sha256/")
+
+        def add_blob(digest: Digest, size: int, opener: Any) -> None:
+            if digest in written:
+                return
+            written.add(digest)
+            info = tarfile.TarInfo(f"blobs/{digest.algorithm}/{digest.hex}")
+            info.size = size
+            info.mode = 0o644
+            info.mtime = 0
+            with opener() as f:
+                tar.addfile(info, f)
+
+        for image, names in images:
+            raw_manifest = image.raw_manifest()
+            manifest = image.manifest()
+            raw_config = image.raw_config()
+            for layer in image.layers():
+                add_blob(layer.descriptor.digest, layer.descriptor.size, layer.open)
+            add_blob(manifest.config.digest, len(raw_config), lambda c=raw_config: io.BytesIO(c))
+            mdigest = Digest.from_bytes(raw_manifest)
+            add_blob(mdigest, len(raw_manifest), lambda m=raw_manifest: io.BytesIO(m))
+            desc: dict[str, Any] = {
+                "mediaType": manifest.media_type,
+                "digest": str(mdigest),
+                "size": len(raw_manifest),
+            }
+            tagged = [n.with_default_tag() for n in names]
+            if not tagged:
+                index_entries.append(desc)
+            for name in tagged:
+                annotations = {CONTAINERD_NAME: str(name)}
+                if name.tag:
+                    annotations[REF_NAME] = name.tag
+                index_entries.append({**desc, "annotations": annotations})
+            manifest_json.append(
+                {
+                    "Config": f"blobs/sha256/{manifest.config.digest.hex}",
+                    "RepoTags": [n.familiar() for n in tagged if n.tag],
+                    "Layers": [f"blobs/sha256/{d.digest.hex}" for d in manifest.layers],
+                }
+            )
+        _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add_bytes(
+            tar,
+            "index.json",
+            canonical_json(
+                {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": index_entries}
+            ),
+        )
+        _add_bytes(tar, "manifest.json", canonical_json(manifest_json))
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveLayer:
+    """A layer read from an archive member (``Layer`` protocol)."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    reader: ArchiveReader
+    member: str
+
+    def open(self) -> IO[bytes]:
+        return self.reader.open_member(self.member)
+
+
+class ArchiveImage:
+    """An image read from an archive (``Image`` protocol)."""
+
+    def __init__(self, reader: ArchiveReader, raw_manifest: bytes, raw_config: bytes,
+                 layer_members: Sequence[str], what: str) -> None:
+        self._reader = reader
+        self._raw_manifest = raw_manifest
+        self._raw_config = raw_config
+        self._members = list(layer_members)
+        self.what = what
+
+    def raw_manifest(self) -> bytes:
+        return self._raw_manifest
+
+    def manifest(self) -> Manifest:
+        return Manifest.from_json(self._raw_manifest, f"{self.what} manifest")
+
+    def raw_config(self) -> bytes:
+        return self._raw_config
+
+    def config(self) -> ImageConfig:
+        return ImageConfig.from_json(self._raw_config, f"{self.what} config")
+
+    def layers(self) -> list[ArchiveLayer]:
+        manifest = self.manifest()
+        diff_ids = self.config().diff_ids
+        if not (len(manifest.layers) == len(diff_ids) == len(self._members)):
+            raise ImageError(
+                f"{self.what}: {len(manifest.layers)} layers, {len(diff_ids)} diff_ids and "
+                f"{len(self._members)} layer files do not match"
+            )
+        return [
+            ArchiveLayer(d, i, self._reader, m)
+            for d, i, m in zip(manifest.layers, diff_ids, self._members)
+        ]
+
+
+def select_platform(index: Index, want: Platform, what: str) -> Descriptor:
+    """The manifest of ``index`` for ``want``, skipping attestation entries (``unknown/unknown``)."""
+    candidates = [
+        d for d in index.manifests
+        if d.media_type in mt.MANIFEST_TYPES | mt.INDEX_TYPES
+        and d.annotations.get("vnd.docker.reference.type") != "attestation-manifest"
+    ]
+    for d in candidates:
+        p = d.platform
+        if p is None or (p.os == want.os and p.architecture == want.architecture
+                         and (not want.variant or p.variant in ("", want.variant))):
+            return d
+    have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
+    raise ImageError(f"{what}: no manifest for platform {want} (have: {have})")
+
+
+class ArchiveReader:
+    """Reads the images of a ``docker save`` / OCI-layout tar (a seekable file object)."""
+
+    def __init__(self, fileobj: IO[bytes], name: str = "archive") -> None:
+        self.name = name
+        try:
+            self._tar = tarfile.open(fileobj=fileobj, mode="r:*")
+            self._members = {
+                _norm(m.name): m for m in self._tar.getmembers() if _norm(m.name)
+            }
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ImageError(f"{name}: not a readable image archive: {exc}") from exc
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _member(self, name: str, depth: int = 0) -> tarfile.TarInfo:
+        key = _norm(name)
+        info = self._members.get(key)
+        if info is None:
+            raise ImageError(f"{self.name}: missing file {name!r}")
+        if info.issym() and depth < 8:
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(key), info.linkname))
+            if target.startswith("../") or target == ".." or target.startswith("/"):
+                raise ImageError(f"{self.name}: {name!r} links outside the archive")
+            return self._member(target, depth + 1)
+        if info.islnk() and depth < 8:
+            return self._member(info.linkname, depth + 1)
+        if not info.isfile():
+            raise ImageError(f"{self.name}: {name!r} is not a regular file")
+        return info
+
+    def has(self, name: str) -> bool:
+        return _norm(name) in self._members
+
+    def open_member(self, name: str) -> IO[bytes]:
+        f = self._tar.extractfile(self._member(name))
+        if f is None:
+            raise ImageError(f"{self.name}: cannot read {name!r}")
+        return f
+
+    def read(self, name: str) -> bytes:
+        with self.open_member(name) as f:
+            return f.read()
+
+    def member_size(self, name: str) -> int:
+        return self._member(name).size
+
+    def images(self, platform: Platform | None = None) -> list[tuple[ArchiveImage, list[Reference]]]:
+        """Every image in the archive with its names."""
+        if self.has("manifest.json"):
+            return self._docker_images()
+        if self.has("index.json"):
+            return self._oci_images(platform or Platform())
+        raise ImageError(
+            f"{self.name}: neither manifest.json nor index.json found: not a docker-archive or "
+            "OCI-layout tar"
+        )
+
+    def _json(self, name: str) -> Any:
+        import json
+
+        try:
+            return json.loads(self.read(name))
+        except ValueError as exc:
+            raise ImageError(f"{self.name}: {name} is not valid JSON: {exc}") from exc
+
+    def _oci_manifests_by_config(self) -> dict[Digest, bytes]:
+        """Manifests found in the archive's OCI index, keyed by their config digest."""
+        found: dict[Digest, bytes] = {}
+        if not self.has("index.json"):
+            return found
+        try:
+            index = Index.from_json(self.read("index.json"), f"{self.name} index.json")
+        except ImageError:
+            return found
+        for d in index.manifests:
+            if d.media_type in mt.MANIFEST_TYPES and self.has(_blob(d.digest)):
+                raw = self.read(_blob(d.digest))
+                try:
+                    found[Manifest.from_json(raw).config.digest] = raw
+                except ImageError:
+                    continue
+        return found
+
+    def _docker_images(self) -> list[tuple[ArchiveImage, list[Reference]]]:
+        entries = self._json("manifest.json")
+        if not isinstance(entries, list):
+            raise ImageError(f"{self.name}: manifest.json must be a list")
+        oci = self._oci_manifests_by_config()
+        out: list[tuple[ArchiveImage, list[Reference]]] = []
+        for i, entry in enumerate(entries):
+            what = f"{self.name} image {i}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+                raise ImageError(f"{what}: manifest.json entry needs a 'Config' path")
+            layers = entry.get("Layers") or []
+            if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+                raise ImageError(f"{what}: 'Layers' must be a list of paths")
+            raw_config = self.read(entry["Config"])
+            config_digest = Digest.from_bytes(raw_config)
+            names = []
+            for tag in entry.get("RepoTags") or []:
+                try:
+                    names.append(Reference.parse(str(tag)))
+                except InvalidReference as exc:
+                    raise ImageError(f"{what}: bad RepoTags entry: {exc}") from exc
+            raw_manifest = oci.get(config_digest)
+            if raw_manifest is None:
+                raw_manifest = self._synthesize_manifest(raw_config, layers, what)
+            out.append((ArchiveImage(self, raw_manifest, raw_config, layers, what), names))
+        return out
+
+    def _synthesize_manifest(self, raw_config: bytes, layers: list[str], what: str) -> bytes:
+        config = ImageConfig.from_json(raw_config, f"{what} config")
+        if len(config.diff_ids) != len(layers):
+            raise ImageError(f"{what}: {len(layers)} layer files but {len(config.diff_ids)} "
+                             "diff_ids in the config")
+        descs = []
+        for path, diff_id in zip(layers, config.diff_ids):
+            with self.open_member(path) as f:
+                head = f.read(2)
+            size = self.member_size(path)
+            if head == b"\x1f\x8b":
+                with self.open_member(path) as f:
+                    digest, _ = sha256_file(f)
+                descs.append(Descriptor(mt.OCI_LAYER_GZIP, digest, size))
+            else:
+                descs.append(Descriptor(mt.OCI_LAYER, diff_id, size))
+        return Manifest(
+            config=Descriptor(mt.OCI_CONFIG, Digest.from_bytes(raw_config), len(raw_config)),
+            layers=tuple(descs),
+        ).to_json()
+
+    def _oci_images(self, platform: Platform) -> list[tuple[ArchiveImage, list[Reference]]]:
+        index = Index.from_json(self.read("index.json"), f"{self.name} index.json")
+        by_digest: dict[Digest, tuple[Descriptor, list[Reference]]] = {}
+        for d in index.manifests:
+            name = d.annotations.get(CONTAINERD_NAME) or d.annotations.get(REF_NAME, "")
+            ref = None
+            if name and ("/" in name or ":" in name):
+                try:
+                    ref = Reference.parse(name)
+                except InvalidReference:
+                    ref = None
+            entry = by_digest.setdefault(d.digest, (d, []))
+            if ref is not None:
+                entry[1].append(ref)
+        out = []
+        for desc, names in by_digest.values():
+            what = f"{self.name} {desc.digest}"
+            while desc.media_type in mt.INDEX_TYPES:
+                sub = Index.from_json(self.read(_blob(desc.digest)), what)
+                desc = select_platform(sub, platform, what)
+            if desc.media_type not in mt.MANIFEST_TYPES:
+                continue
+            raw_manifest = self.read(_blob(desc.digest))
+            try:
+                desc.digest.verify(raw_manifest)
+            except ValueError as exc:
+                raise ImageError(f"{what}: {exc}") from exc
+            manifest = Manifest.from_json(raw_manifest, what)
+            raw_config = self.read(_blob(manifest.config.digest))
+            members = [_blob(d.digest) for d in manifest.layers]
+            out.append((ArchiveImage(self, raw_manifest, raw_config, members, what), names))
+        return out
+
+
+def _blob(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+def _norm(name: str) -> str:
+    name = name.lstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def parse_blob_path(path: str) -> Digest | None:
+    """The digest named by a ``blobs/<algo>/<hex>`` path, or None."""
+    parts = _norm(path).split("/")
+    if len(parts) == 3 and parts[0] == "blobs":
+        try:
+            return Digest(parts[1], parts[2])
+        except InvalidDigest:
+            return None
+    return None
