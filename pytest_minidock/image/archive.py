@@ -2,8 +2,8 @@
 
 ``save_archive`` writes what ``docker save`` writes since Docker 25: an OCI image layout
 (``oci-layout``, ``index.json``, ``blobs/sha256/…``) plus docker's ``manifest.json``, so both
-``docker load`` (any version: it reads ``manifest.json``) and OCI tools accept it. Layers are written
-as stored (gzip); ``docker load`` detects the compression.
+``docker load`` (any version: it reads ``manifest.json``) and OCI tools accept it. Layers are
+written as stored (gzip); ``docker load`` detects the compression.
 
 ``ArchiveReader`` reads such a tar, the legacy docker-archive (``<id>/layer.tar`` directories,
 symlinked duplicate layers included) and plain OCI-layout tars (names from
@@ -136,8 +136,14 @@ class ArchiveLayer:
 class ArchiveImage:
     """An image read from an archive (``Image`` protocol)."""
 
-    def __init__(self, reader: ArchiveReader, raw_manifest: bytes, raw_config: bytes,
-                 layer_members: Sequence[str], what: str) -> None:
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        raw_manifest: bytes,
+        raw_config: bytes,
+        layer_members: Sequence[str],
+        what: str,
+    ) -> None:
         self._reader = reader
         self._raw_manifest = raw_manifest
         self._raw_config = raw_config
@@ -166,21 +172,25 @@ class ArchiveImage:
             )
         return [
             ArchiveLayer(d, i, self._reader, m)
-            for d, i, m in zip(manifest.layers, diff_ids, self._members)
+            for d, i, m in zip(manifest.layers, diff_ids, self._members, strict=False)
         ]
 
 
 def select_platform(index: Index, want: Platform, what: str) -> Descriptor:
-    """The manifest of ``index`` for ``want``, skipping attestation entries (``unknown/unknown``)."""
+    """The manifest of ``index`` for ``want``, skipping attestation entries."""
     candidates = [
-        d for d in index.manifests
+        d
+        for d in index.manifests
         if d.media_type in mt.MANIFEST_TYPES | mt.INDEX_TYPES
         and d.annotations.get("vnd.docker.reference.type") != "attestation-manifest"
     ]
     for d in candidates:
         p = d.platform
-        if p is None or (p.os == want.os and p.architecture == want.architecture
-                         and (not want.variant or p.variant in ("", want.variant))):
+        if p is None or (
+            p.os == want.os
+            and p.architecture == want.architecture
+            and (not want.variant or p.variant in ("", want.variant))
+        ):
             return d
     have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
     raise ImageError(f"{what}: no manifest for platform {want} (have: {have})")
@@ -192,10 +202,8 @@ class ArchiveReader:
     def __init__(self, fileobj: IO[bytes], name: str = "archive") -> None:
         self.name = name
         try:
-            self._tar = tarfile.open(fileobj=fileobj, mode="r:*")
-            self._members = {
-                _norm(m.name): m for m in self._tar.getmembers() if _norm(m.name)
-            }
+            self._tar = tarfile.open(fileobj=fileobj, mode="r:*")  # noqa: SIM115
+            self._members = {_norm(m.name): m for m in self._tar.getmembers() if _norm(m.name)}
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ImageError(f"{name}: not a readable image archive: {exc}") from exc
 
@@ -240,7 +248,9 @@ class ArchiveReader:
     def member_size(self, name: str) -> int:
         return self._member(name).size
 
-    def images(self, platform: Platform | None = None) -> list[tuple[ArchiveImage, list[Reference]]]:
+    def images(
+        self, platform: Platform | None = None
+    ) -> list[tuple[ArchiveImage, list[Reference]]]:
         """Every image in the archive with its names."""
         if self.has("manifest.json"):
             return self._docker_images()
@@ -307,10 +317,12 @@ class ArchiveReader:
     def _synthesize_manifest(self, raw_config: bytes, layers: list[str], what: str) -> bytes:
         config = ImageConfig.from_json(raw_config, f"{what} config")
         if len(config.diff_ids) != len(layers):
-            raise ImageError(f"{what}: {len(layers)} layer files but {len(config.diff_ids)} "
-                             "diff_ids in the config")
+            raise ImageError(
+                f"{what}: {len(layers)} layer files but {len(config.diff_ids)} "
+                "diff_ids in the config"
+            )
         descs = []
-        for path, diff_id in zip(layers, config.diff_ids):
+        for path, diff_id in zip(layers, config.diff_ids, strict=False):
             with self.open_member(path) as f:
                 head = f.read(2)
             size = self.member_size(path)
@@ -340,8 +352,9 @@ class ArchiveReader:
             if ref is not None:
                 entry[1].append(ref)
         out = []
-        for desc, names in by_digest.values():
-            what = f"{self.name} {desc.digest}"
+        for top, names in by_digest.values():
+            what = f"{self.name} {top.digest}"
+            desc = top
             while desc.media_type in mt.INDEX_TYPES:
                 sub = Index.from_json(self.read(_blob(desc.digest)), what)
                 desc = select_platform(sub, platform, what)

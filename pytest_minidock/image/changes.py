@@ -9,14 +9,27 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from pytest_minidock.errors import UsageError
-from pytest_minidock.image.model import ContainerConfig
+
+if TYPE_CHECKING:
+    from pytest_minidock.image.model import ContainerConfig
 
 __all__ = ["apply_changes"]
 
-_ALLOWED = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
-            "VOLUME", "WORKDIR")
+_ALLOWED = (
+    "CMD",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "LABEL",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+)
 
 
 def _argv(rest: str, shell: tuple[str, ...]) -> tuple[str, ...]:
@@ -37,7 +50,7 @@ def _pairs(rest: str, keyword: str) -> list[tuple[str, str]]:
     except ValueError as exc:
         raise UsageError(f"--change {keyword} {rest}: {exc}") from exc
     if len(words) >= 2 and "=" not in words[0]:  # legacy form: ENV KEY value with spaces
-        return [(words[0], rest.strip()[len(words[0]):].strip())]
+        return [(words[0], rest.strip()[len(words[0]) :].strip())]
     out = []
     for w in words:
         key, sep, value = w.partition("=")

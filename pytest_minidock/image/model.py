@@ -266,8 +266,6 @@ class Index:
         return canonical_json(obj)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Healthcheck:
     """A HEALTHCHECK: the test command and its timings in nanoseconds (0 = inherit default)."""

@@ -83,9 +83,12 @@ def _check_layer_bytes(lay: Layer, media_type: str, name: str) -> list[str]:
     if blob_hash.digest() != lay.descriptor.digest:
         problems.append(f"{name}: blob hashes to {blob_hash.digest()}")
     if blob_hash.size != lay.descriptor.size:
-        problems.append(f"{name}: blob is {blob_hash.size} bytes, descriptor says "
-                        f"{lay.descriptor.size}")
+        problems.append(
+            f"{name}: blob is {blob_hash.size} bytes, descriptor says {lay.descriptor.size}"
+        )
     if diff_hash.digest() != lay.diff_id:
-        problems.append(f"{name}: uncompressed tar hashes to {diff_hash.digest()}, "
-                        f"not its diff_id {lay.diff_id}")
+        problems.append(
+            f"{name}: uncompressed tar hashes to {diff_hash.digest()}, "
+            f"not its diff_id {lay.diff_id}"
+        )
     return problems

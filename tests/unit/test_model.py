@@ -124,8 +124,17 @@ def test_config_without_layers_rootfs_is_refused() -> None:
 def test_import_changes() -> None:
     cfg = apply_changes(
         ContainerConfig(),
-        ['CMD ["sh"]', "ENV A=1 B=two", "EXPOSE 80 53/udp", "WORKDIR /srv", "USER nobody",
-         "ENTRYPOINT echo hi", 'LABEL a="b c"', "STOPSIGNAL SIGINT", "VOLUME /data"],
+        [
+            'CMD ["sh"]',
+            "ENV A=1 B=two",
+            "EXPOSE 80 53/udp",
+            "WORKDIR /srv",
+            "USER nobody",
+            "ENTRYPOINT echo hi",
+            'LABEL a="b c"',
+            "STOPSIGNAL SIGINT",
+            "VOLUME /data",
+        ],
     )
     assert cfg.cmd == ("sh",)
     assert cfg.env == ("A=1", "B=two")
@@ -133,7 +142,11 @@ def test_import_changes() -> None:
     assert cfg.entrypoint == ("/bin/sh", "-c", "echo hi")
     assert cfg.labels == {"a": "b c"}
     assert (cfg.working_dir, cfg.user, cfg.stop_signal, cfg.volumes) == (
-        "/srv", "nobody", "SIGINT", ("/data",))
+        "/srv",
+        "nobody",
+        "SIGINT",
+        ("/data",),
+    )
 
 
 def test_import_change_refuses_run() -> None:

@@ -1,0 +1,10 @@
+"""``python -m pytest_minidock``: the same as the ``minidock`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from pytest_minidock.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

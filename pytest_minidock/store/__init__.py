@@ -1,0 +1,1 @@
+"""The local content-addressed store: blobs, images, tags, layers and snapshots."""

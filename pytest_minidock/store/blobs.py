@@ -1,0 +1,262 @@
+"""Content-addressed blobs under ``ROOT/blobs/<algorithm>/<hex>``, written crash-safely.
+
+A blob becomes visible only whole and verified: bytes go to a temp file in ``ROOT/tmp``, are
+hashed as they are written, checked against the expected digest, fsynced, and renamed into place
+(then the directory is fsynced). Two processes writing the same blob at once both succeed: the
+rename is atomic and both files hold the same bytes. Temp files left by a crashed writer are
+removed by ``remove_stale_temps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from typing import IO, TYPE_CHECKING
+
+from pytest_minidock.digest import Digest, Hasher
+from pytest_minidock.errors import BlobNotFound, DigestMismatch, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from types import TracebackType
+
+__all__ = ["BlobStore", "BlobWriter", "fsync_dir", "pid_alive"]
+
+_CHUNK = 1 << 20
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BlobWriter:
+    """A file-like sink for one blob: ``write()`` chunks, then ``commit()`` verifies and publishes.
+
+    Used as a context manager, an exception (or a missing ``commit``) removes the temp file, so no
+    half-written blob is ever left behind.
+    """
+
+    def __init__(self, store: BlobStore, expected: Digest | None, expected_size: int | None):
+        self._store = store
+        self._expected = expected
+        self._expected_size = expected_size
+        self._hasher = Hasher(expected.algorithm if expected else "sha256")
+        self.temp_path = store.temp_path("blob")
+        self._file: IO[bytes] | None = open(self.temp_path, "xb")  # noqa: SIM115
+        self.digest: Digest | None = None
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> int:
+        assert self._file is not None, "blob writer already closed"
+        self._hasher.update(chunk)
+        self._file.write(chunk)
+        return len(chunk)
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    def commit(self, *, what: str = "blob") -> Digest:
+        """Verify digest and size, fsync and rename into place; return the blob's digest."""
+        assert self._file is not None, "blob writer already closed"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        try:
+            if self._expected_size is not None and self._hasher.size != self._expected_size:
+                raise DigestMismatch(
+                    f"{what} {self._expected or ''}: got {self._hasher.size} bytes, expected "
+                    f"{self._expected_size}".replace("  ", " ")
+                )
+            if self._expected is not None:
+                self._hasher.verify(self._expected, what=what)
+            digest = self._hasher.digest()
+            self._store.publish(self.temp_path, digest)
+        except BaseException:
+            self.abort()
+            raise
+        self.digest = digest
+        return digest
+
+    def abort(self) -> None:
+        """Drop the temp file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.temp_path.unlink()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.digest is None:
+            self.abort()
+
+
+class BlobStore:
+    """The blobs of a store: existence, streaming reads, verified writes and deletion."""
+
+    def __init__(self, blobs_dir: Path, tmp_dir: Path) -> None:
+        self.dir = blobs_dir
+        self.tmp_dir = tmp_dir
+
+    def path(self, digest: Digest) -> Path:
+        """Where the blob with this digest lives (whether or not it exists)."""
+        return self.dir / digest.algorithm / digest.hex
+
+    def exists(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} is missing from the store {self.dir}") from None
+
+    def open(self, digest: Digest) -> IO[bytes]:
+        """Open a blob for reading; ``BlobNotFound`` names it when absent."""
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} is missing from the store {self.dir}") from None
+
+    def read(self, digest: Digest, *, verify: bool = True) -> bytes:
+        """The whole blob (for small JSON blobs); verified against its digest by default."""
+        with self.open(digest) as f:
+            data = f.read()
+        if verify:
+            try:
+                digest.verify(data)
+            except DigestMismatch as exc:
+                raise DigestMismatch(f"blob {self.path(digest)} is corrupt: {exc}") from None
+        return data
+
+    def temp_path(self, prefix: str) -> Path:
+        """A fresh temp path in the store's tmp dir, naming this pid (for stale clean-up)."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
+
+    def writer(
+        self, expected: Digest | None = None, expected_size: int | None = None
+    ) -> BlobWriter:
+        """A ``BlobWriter``; with ``expected`` the commit fails unless the bytes hash to it."""
+        return BlobWriter(self, expected, expected_size)
+
+    def write_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
+        """Store ``data`` (skipping the write when the blob exists); return its digest."""
+        digest = Digest.from_bytes(data) if expected is None else expected
+        if expected is not None:
+            expected.verify(data)
+        if self.exists(digest):
+            return digest
+        with self.writer(digest, len(data)) as w:
+            w.write(data)
+            return w.commit()
+
+    def ingest(
+        self,
+        src: IO[bytes],
+        expected: Digest | None = None,
+        expected_size: int | None = None,
+        *,
+        what: str = "blob",
+    ) -> tuple[Digest, int]:
+        """Copy a stream into the store, verifying it; return (digest, size)."""
+        with self.writer(expected, expected_size) as w:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                w.write(chunk)
+            digest = w.commit(what=what)
+            return digest, w.size
+
+    def publish(self, temp_path: Path, digest: Digest) -> Path:
+        """Rename an already verified temp file into place as the blob ``digest``."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(temp_path, 0o444)
+            os.replace(temp_path, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                temp_path.unlink()
+            raise StoreError(f"cannot store blob {digest} at {final}: {exc.strerror}") from exc
+        return final
+
+    def delete(self, digest: Digest) -> int:
+        """Remove a blob; return the bytes freed (0 if it was already gone)."""
+        path = self.path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def __iter__(self) -> Iterator[Digest]:
+        """Every blob present, by digest (files with names that are not digests are skipped)."""
+        if not self.dir.is_dir():
+            return
+        for algo_dir in sorted(self.dir.iterdir()):
+            if not algo_dir.is_dir():
+                continue
+            for entry in sorted(algo_dir.iterdir()):
+                try:
+                    yield Digest(algo_dir.name, entry.name)
+                except ValueError:
+                    continue
+
+    def remove_stale_temps(self, *, now: float | None = None) -> int:
+        """Remove temp files whose writer process is gone (or that are a day old); return count."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            parts = entry.name.split("-")
+            pid = int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
+            try:
+                age = now - entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if (pid is not None and pid != os.getpid() and not pid_alive(pid)) or (
+                age > STALE_TEMP_SECONDS
+            ):
+                _remove_tree(entry)
+                removed += 1
+        return removed
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

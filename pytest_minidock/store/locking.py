@@ -1,0 +1,75 @@
+"""Inter-process locks of the store: exclusive ``filelock`` locks and a shared/exclusive GC lock.
+
+Every lock is an advisory ``flock`` on a file under ``ROOT/locks``: it is released by the kernel
+when its holder dies, even by SIGKILL, so a crashed process never leaves the store locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from filelock import FileLock, Timeout
+
+from pytest_minidock.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+__all__ = ["exclusive", "gc_exclusive", "gc_shared"]
+
+DEFAULT_TIMEOUT = 300.0
+
+
+@contextmanager
+def exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> Iterator[None]:
+    """Hold the exclusive ``filelock`` at ``path`` (created on demand) for the ``with`` body."""
+    lock = FileLock(str(path), timeout=timeout, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise StoreError(
+            f"timed out after {timeout:.0f}s waiting for the lock {path}"
+            f"{' (' + what + ')' if what else ''}; another minidock process holds it"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _flock(path: Path, mode: int, timeout: float, what: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"timed out after {timeout:.0f}s waiting for the lock {path} ({what})"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def gc_shared(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> AbstractContextManager[None]:
+    """Held (shared) by every writer that adds blobs or snapshots; excludes garbage collection."""
+    return _flock(path, fcntl.LOCK_SH, timeout, "store garbage collection is running")
+
+
+def gc_exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> AbstractContextManager[None]:
+    """Held by garbage collection: waits until no writer holds the shared side."""
+    return _flock(path, fcntl.LOCK_EX, timeout, "store writers are busy")

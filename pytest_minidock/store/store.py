@@ -1,0 +1,822 @@
+"""``Store``: the local image store every other part shares (images, names, layers, snapshots).
+
+It sits on an OCI image layout under one root directory (``blobs/``, ``index.json``,
+``oci-layout``) plus minidock's own ``snapshots/`` (each layer unpacked once per diff_id, ready to
+be an overlay lowerdir), ``tmp/`` and ``locks/``. Any number of processes may use one root at once:
+writers and readers of blobs and snapshots hold the shared side of the GC lock, the index is edited
+under its own lock, and garbage collection takes the GC lock exclusively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+
+from pytest_minidock.digest import Digest
+from pytest_minidock.errors import (
+    ImageError,
+    ImageInUse,
+    ImageNotFound,
+    InvalidReference,
+    MinidockError,
+    StoreError,
+)
+from pytest_minidock.image import mediatypes as mt
+from pytest_minidock.image.model import (
+    ContainerConfig,
+    Descriptor,
+    History,
+    ImageConfig,
+    Index,
+    Manifest,
+    parse_json_object,
+)
+from pytest_minidock.image.validate import validate_image
+from pytest_minidock.reference import Reference, is_image_id_prefix
+from pytest_minidock.store import index as idx
+from pytest_minidock.store.blobs import BlobStore, pid_alive
+from pytest_minidock.store.layers import LayerBlob, compress_tar, open_layer
+from pytest_minidock.store.locking import exclusive, gc_exclusive, gc_shared
+from pytest_minidock.store.paths import StorePaths, default_root
+from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from pytest_minidock.image.protocols import Image
+
+__all__ = ["DiskUsage", "ImageRecord", "PruneReport", "Store", "StoreImage", "StoreLayer"]
+
+_CHUNK = 1 << 20
+
+
+def now_rfc3339() -> str:
+    """The creation time docker writes: ``SOURCE_DATE_EPOCH`` if set, else now (UTC)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    ts = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if not epoch else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One image in the store: its manifest, its ID (config digest) and the names pointing at it."""
+
+    manifest: Descriptor
+    id: Digest
+    names: tuple[Reference, ...]
+    created: str
+    size: int
+    diff_ids: tuple[Digest, ...]
+
+    @property
+    def short_id(self) -> str:
+        return self.id.short
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What a prune removed."""
+
+    deleted_images: tuple[Digest, ...] = ()
+    untagged: tuple[Reference, ...] = ()
+    reclaimed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """``system df`` numbers for images."""
+
+    images: int
+    active: int
+    size: int
+    reclaimable: int
+    blobs: int
+    blob_bytes: int
+    snapshots: int
+    snapshot_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLayer:
+    """A layer of an image in the store (``Layer`` protocol)."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    blobs: BlobStore = field(repr=False)
+
+    def open(self) -> IO[bytes]:
+        return self.blobs.open(self.descriptor.digest)
+
+
+class StoreImage:
+    """An image read from the store (``Image`` protocol)."""
+
+    def __init__(self, store: Store, manifest: Descriptor) -> None:
+        self._store = store
+        self.descriptor = manifest
+        self._raw_manifest: bytes | None = None
+        self._raw_config: bytes | None = None
+
+    def raw_manifest(self) -> bytes:
+        if self._raw_manifest is None:
+            self._raw_manifest = self._store.blobs.read(self.descriptor.digest)
+        return self._raw_manifest
+
+    def manifest(self) -> Manifest:
+        return Manifest.from_json(self.raw_manifest(), f"manifest {self.descriptor.digest}")
+
+    def raw_config(self) -> bytes:
+        if self._raw_config is None:
+            self._raw_config = self._store.blobs.read(self.manifest().config.digest)
+        return self._raw_config
+
+    def config(self) -> ImageConfig:
+        return ImageConfig.from_json(self.raw_config(), f"config {self.manifest().config.digest}")
+
+    def layers(self) -> list[StoreLayer]:
+        manifest = self.manifest()
+        diff_ids = self.config().diff_ids
+        if len(diff_ids) != len(manifest.layers):
+            raise ImageError(
+                f"image {self.descriptor.digest}: {len(manifest.layers)} layers but "
+                f"{len(diff_ids)} diff_ids"
+            )
+        return [
+            StoreLayer(d, i, self._store.blobs)
+            for d, i in zip(manifest.layers, diff_ids, strict=False)
+        ]
+
+    @property
+    def id(self) -> Digest:
+        return self.manifest().config.digest
+
+
+class _QueueReader:
+    """A read-only stream fed chunk by chunk through a queue (None ends it)."""
+
+    def __init__(self, q: queue.Queue[bytes | None]) -> None:
+        self._q = q
+        self._buf = b""
+        self._eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buf) < n):
+            chunk = self._q.get()
+            if chunk is None:
+                self._eof = True
+            else:
+                self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def drain(self) -> None:
+        while not self._eof:
+            if self._q.get() is None:
+                self._eof = True
+
+
+class _TeeReader:
+    """Reads ``src`` in large chunks, serving reads and copying every chunk into a queue."""
+
+    def __init__(self, src: IO[bytes], q: queue.Queue[bytes | None]) -> None:
+        self._src = src
+        self._q = q
+        self._buf = memoryview(b"")
+        self._eof = False
+
+    def _fill(self) -> None:
+        chunk = self._src.read(_CHUNK)
+        if not chunk:
+            self._eof = True
+            return
+        self._q.put(chunk)
+        self._buf = memoryview(chunk)
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        want = n
+        while (want < 0 or want > 0) and not (self._eof and not self._buf):
+            if not self._buf:
+                self._fill()
+                continue
+            take = len(self._buf) if want < 0 else min(want, len(self._buf))
+            parts.append(bytes(self._buf[:take]))
+            self._buf = self._buf[take:]
+            if want > 0:
+                want -= take
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Copy the rest of the source into the queue (tar padding after the end marker)."""
+        self._buf = memoryview(b"")
+        while not self._eof:
+            self._fill()
+            self._buf = memoryview(b"")
+
+
+class Store:
+    """The local content-addressed image store rooted at ``root``."""
+
+    def __init__(self, root: Path | str | None = None, *, policy: ExtractPolicy | None = None):
+        self.paths = StorePaths(Path(root) if root is not None else default_root())
+        self.root = self.paths.root
+        self.blobs = BlobStore(self.paths.blobs, self.paths.tmp)
+        self.index = idx.ImageIndex(self.paths)
+        self.policy = policy or ExtractPolicy.for_current_user()
+        self._ensure_layout()
+
+    # -- layout --------------------------------------------------------------------------------
+    def _ensure_layout(self) -> None:
+        try:
+            for d in (
+                self.paths.blobs / "sha256",
+                self.paths.snapshots,
+                self.paths.tmp,
+                self.paths.locks,
+            ):
+                d.mkdir(parents=True, exist_ok=True)
+            if not self.paths.oci_layout.exists():
+                tmp = self.paths.root / f".oci-layout.{os.getpid()}.tmp"
+                tmp.write_text('{"imageLayoutVersion":"1.0.0"}')
+                os.replace(tmp, self.paths.oci_layout)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.root} as the minidock store: {exc.strerror}; pass --root or set "
+                "MINIDOCK_ROOT to a writable directory"
+            ) from exc
+
+    # -- reading -------------------------------------------------------------------------------
+    def images(self) -> list[ImageRecord]:
+        """Every image, newest first, each with all the names that point at it.
+
+        Reading holds the shared side of the GC lock, so a concurrent ``rmi`` or prune in another
+        process cannot delete blobs between reading the index and reading the images' JSON.
+        An entry whose blobs are missing is left out here and reported by ``check``.
+        """
+        with gc_shared(self.paths.gc_lock):
+            entries = self.index.read()
+            by_digest: dict[Digest, list[Descriptor]] = {}
+            for e in entries:
+                by_digest.setdefault(e.digest, []).append(e)
+            records = []
+            for descs in by_digest.values():
+                with contextlib.suppress(MinidockError):
+                    records.append(self._record(descs))
+        records.sort(key=lambda r: r.created, reverse=True)
+        return records
+
+    def _record(self, descs: list[Descriptor]) -> ImageRecord:
+        first = descs[0]
+        names = tuple(
+            sorted({n for n in (idx.entry_name(d) for d in descs) if n is not None}, key=str)
+        )
+        image = StoreImage(self, first)
+        manifest = image.manifest()
+        config = image.config()
+        size = sum(
+            self._layer_size(d, diff)
+            for d, diff in zip(manifest.layers, config.diff_ids, strict=False)
+        )
+        return ImageRecord(
+            manifest=idx.named_entry(first, None),
+            id=manifest.config.digest,
+            names=names,
+            created=config.created,
+            size=size,
+            diff_ids=config.diff_ids,
+        )
+
+    def _layer_size(self, desc: Descriptor, diff_id: Digest) -> int:
+        """Unpacked size if the snapshot exists, else the blob's size."""
+        try:
+            return int((self.paths.snapshots / diff_id.hex / "size").read_text())
+        except (OSError, ValueError):
+            return desc.size
+
+    def resolve(self, text: str) -> ImageRecord:
+        """Find an image by name (default tag ``latest``), ``name@digest``, or ID (prefix)."""
+        records = self.images()
+        full_id = text.removeprefix("sha256:")
+        if len(full_id) == 64 and is_image_id_prefix(full_id):
+            for r in records:
+                if full_id in (r.id.hex, r.manifest.digest.hex):
+                    return r
+            raise ImageNotFound(f"no such image: {text}")
+        ref: Reference | None
+        try:
+            ref = Reference.parse(text).with_default_tag()
+        except InvalidReference:
+            ref = None
+        if ref is not None:
+            for r in records:
+                if ref.digest is not None:
+                    if r.manifest.digest == ref.digest and any(n.name == ref.name for n in r.names):
+                        return r
+                elif ref in r.names:
+                    return r
+            if ref.digest is not None:
+                for r in records:
+                    if r.manifest.digest == ref.digest:
+                        return r
+        if is_image_id_prefix(text):
+            matches = [r for r in records if r.id.hex.startswith(full_id)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise ImageNotFound(
+                    f"image ID prefix {text!r} is ambiguous: it matches "
+                    + ", ".join(m.short_id for m in matches)
+                )
+        if ref is None:
+            Reference.parse(text)  # raise the parse error: the text was neither a name nor an ID
+        raise ImageNotFound(f"no such image: {text}")
+
+    def image(self, text: str) -> StoreImage:
+        """The ``Image`` for a name or ID."""
+        return StoreImage(self, self.resolve(text).manifest)
+
+    def inspect(self, text: str) -> dict[str, Any]:
+        """Docker's ``image inspect`` object for one image."""
+        record = self.resolve(text)
+        image = StoreImage(self, record.manifest)
+        config = parse_json_object(image.raw_config(), f"config {record.id}")
+        return {
+            "Id": str(record.id),
+            "RepoTags": [n.familiar() for n in record.names if n.tag],
+            "RepoDigests": [],
+            "Created": config.get("created", ""),
+            "Author": config.get("author", ""),
+            "Config": config.get("config") or {},
+            "Architecture": config.get("architecture", ""),
+            "Os": config.get("os", ""),
+            "Size": record.size,
+            "RootFS": {"Type": "layers", "Layers": [str(d) for d in record.diff_ids]},
+            "Descriptor": record.manifest.to_dict(),
+            "Metadata": {"LastTagTime": ""},
+        }
+
+    # -- writing -------------------------------------------------------------------------------
+    def import_tarball(
+        self,
+        src: IO[bytes],
+        refs: Sequence[Reference] = (),
+        *,
+        source: str = "-",
+        changes: ContainerConfig | None = None,
+        message: str = "",
+        platform: tuple[str, str] | None = None,
+    ) -> ImageRecord:
+        """``docker import``: make a one-layer image of a rootfs tar (plain, gzip, bzip2 or xz)."""
+        with gc_shared(self.paths.gc_lock):
+            layer = self._ingest_layer(_decompressing(src, source), source=source, unpack=True)
+            created = now_rfc3339()
+            os_name, arch = platform or ("linux", _host_arch())
+            config = ImageConfig(
+                diff_ids=(layer.diff_id,),
+                config=changes or ContainerConfig(),
+                architecture=arch,
+                os=os_name,
+                created=created,
+                history=(
+                    History(
+                        created=created,
+                        created_by="minidock import",
+                        comment=message or f"Imported from {source}",
+                    ),
+                ),
+            )
+            return self._commit_image(
+                config,
+                [Descriptor(mt.OCI_LAYER_GZIP, layer.digest, layer.size)],
+                refs,
+            )
+
+    def write_image(
+        self, image: Image, refs: Sequence[Reference] = (), *, unpack: bool = True
+    ) -> ImageRecord:
+        """Copy any ``Image`` into the store (layers stored gzip-compressed) and name it."""
+        with gc_shared(self.paths.gc_lock):
+            manifest = image.manifest()
+            config = image.config()
+            descs: list[Descriptor] = []
+            same_manifest = True
+            for layer, diff_id in zip(image.layers(), config.diff_ids, strict=True):
+                desc = layer.descriptor
+                if self.blobs.exists(desc.digest) and mt.is_gzip_layer(desc.media_type):
+                    descs.append(desc)
+                    continue
+                if desc.media_type in (mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP):
+                    with layer.open() as f:
+                        self.blobs.ingest(f, desc.digest, desc.size, what=f"layer {desc.digest}")
+                    descs.append(desc)
+                elif desc.media_type in (mt.OCI_LAYER, mt.DOCKER_LAYER):
+                    with layer.open() as f:
+                        blob = self._ingest_layer(f, source=str(desc.digest), unpack=unpack)
+                    if blob.diff_id != diff_id:
+                        raise ImageError(
+                            f"layer {desc.digest}: uncompressed tar hashes to {blob.diff_id}, "
+                            f"but the config says {diff_id}"
+                        )
+                    descs.append(Descriptor(mt.OCI_LAYER_GZIP, blob.digest, blob.size))
+                    same_manifest = False
+                else:
+                    raise ImageError(
+                        f"layer {desc.digest}: unsupported media type {desc.media_type!r}"
+                    )
+            raw_config = image.raw_config()
+            self.blobs.write_bytes(raw_config, manifest.config.digest)
+            if same_manifest:
+                raw = image.raw_manifest()
+                mdigest = self.blobs.write_bytes(raw)
+                mdesc = Descriptor(manifest.media_type, mdigest, len(raw))
+            else:
+                new = Manifest(
+                    config=Descriptor(mt.OCI_CONFIG, manifest.config.digest, len(raw_config)),
+                    layers=tuple(descs),
+                )
+                raw = new.to_json()
+                mdesc = Descriptor(mt.OCI_MANIFEST, self.blobs.write_bytes(raw), len(raw))
+            if unpack:
+                for desc, diff_id in zip(descs, config.diff_ids, strict=True):
+                    self.snapshot(diff_id, desc)
+            return self._name(mdesc, refs)
+
+    def commit_layers(
+        self, config: ImageConfig, layers: Sequence[Descriptor], refs: Sequence[Reference] = ()
+    ) -> ImageRecord:
+        """Store a config over layers already in the store, as a new image named ``refs``."""
+        with gc_shared(self.paths.gc_lock):
+            return self._commit_image(config, layers, refs)
+
+    def _commit_image(
+        self, config: ImageConfig, layers: Sequence[Descriptor], refs: Sequence[Reference]
+    ) -> ImageRecord:
+        raw_config = config.to_json()
+        cdigest = self.blobs.write_bytes(raw_config)
+        manifest = Manifest(
+            config=Descriptor(mt.OCI_CONFIG, cdigest, len(raw_config)), layers=tuple(layers)
+        )
+        raw = manifest.to_json()
+        mdesc = Descriptor(mt.OCI_MANIFEST, self.blobs.write_bytes(raw), len(raw))
+        return self._name(mdesc, refs)
+
+    def _name(self, mdesc: Descriptor, refs: Sequence[Reference]) -> ImageRecord:
+        def edit(entries: list[Descriptor]) -> list[Descriptor]:
+            if not refs:
+                return idx.add_unnamed(entries, mdesc)
+            for ref in refs:
+                entries = idx.set_name(entries, ref.with_default_tag(), mdesc)
+            return entries
+
+        entries = self.index.update(edit)
+        return self._record([e for e in entries if e.digest == mdesc.digest])
+
+    def add_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool = True) -> LayerBlob:
+        """Store an uncompressed layer tar as a gzip blob (and its snapshot); for builders."""
+        with gc_shared(self.paths.gc_lock):
+            return self._ingest_layer(tar_stream, source=source, unpack=unpack)
+
+    def _ingest_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool) -> LayerBlob:
+        """Compress, hash and (optionally) unpack a tar stream in one pass; publish both."""
+        tmp_blob = self.blobs.temp_path("layer")
+        if not unpack:
+            try:
+                blob = compress_tar(cast("BinaryIO", tar_stream), tmp_blob)
+                self.blobs.publish(tmp_blob, blob.digest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp_blob.unlink()
+            return blob
+        tmp_snap = self.blobs.temp_path("snapshot")
+        (tmp_snap / "fs").mkdir(parents=True)
+        q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        reader = _QueueReader(q)
+        result: list[LayerBlob] = []
+        errors: list[BaseException] = []
+
+        def compress() -> None:
+            try:
+                result.append(compress_tar(cast("BinaryIO", reader), tmp_blob))
+            except BaseException as exc:  # re-raised in the calling thread
+                errors.append(exc)
+            finally:
+                reader.drain()
+
+        worker = threading.Thread(target=compress, name="minidock-compress", daemon=True)
+        worker.start()
+        tee = _TeeReader(tar_stream, q)
+        try:
+            try:
+                written = extract_layer(
+                    cast("BinaryIO", tee), tmp_snap / "fs", policy=self.policy, source=source
+                )
+                tee.drain()
+            finally:
+                q.put(None)
+                worker.join()
+            if errors:
+                raise errors[0]
+            blob = result[0]
+            self.blobs.publish(tmp_blob, blob.digest)
+            (tmp_snap / "size").write_text(str(written))
+            self._publish_snapshot(tmp_snap, blob.diff_id)
+            return blob
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_blob.unlink()
+            if tmp_snap.exists():
+                _rmtree(tmp_snap)
+
+    def _publish_snapshot(self, tmp_snap: Path, diff_id: Digest) -> None:
+        final = self.paths.snapshots / diff_id.hex
+        with exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"):
+            if final.exists():
+                return
+            os.replace(tmp_snap, final)
+
+    def snapshot(self, diff_id: Digest, layer: Descriptor | None = None) -> Path:
+        """The unpacked directory of a layer (an overlay lowerdir), unpacking it once if needed."""
+        final = self.paths.snapshots / diff_id.hex
+        if (final / "fs").is_dir():
+            return final / "fs"
+        if layer is None:
+            layer = self._find_layer(diff_id)
+        with (
+            gc_shared(self.paths.gc_lock),
+            exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"),
+        ):
+            if (final / "fs").is_dir():
+                return final / "fs"
+            tmp_snap = self.blobs.temp_path("snapshot")
+            try:
+                (tmp_snap / "fs").mkdir(parents=True)
+                with open_layer(self.blobs.path(layer.digest)) as tar:
+                    written = extract_layer(
+                        tar, tmp_snap / "fs", policy=self.policy, source=str(layer.digest)
+                    )
+                (tmp_snap / "size").write_text(str(written))
+                os.replace(tmp_snap, final)
+            finally:
+                if tmp_snap.exists():
+                    _rmtree(tmp_snap)
+        return final / "fs"
+
+    def lowerdirs(self, text: str) -> list[Path]:
+        """The snapshots of an image's layers, base first (unpacked on demand)."""
+        image = self.image(text)
+        return [self.snapshot(layer.diff_id, layer.descriptor) for layer in image.layers()]
+
+    def _find_layer(self, diff_id: Digest) -> Descriptor:
+        for r in self.images():
+            if diff_id in r.diff_ids:
+                manifest = StoreImage(self, r.manifest).manifest()
+                return manifest.layers[r.diff_ids.index(diff_id)]
+        raise ImageNotFound(f"no image in the store has a layer with diff_id {diff_id}")
+
+    # -- names and removal ---------------------------------------------------------------------
+    def tag(self, source: str, target: Reference) -> ImageRecord:
+        """``docker tag``: point ``target`` (default tag ``latest``) at the image ``source``."""
+        if target.digest is not None:
+            raise InvalidReference(f"refusing to create a tag with a digest reference: {target}")
+        with gc_shared(self.paths.gc_lock):
+            record = self.resolve(source)
+            return self._name(record.manifest, [target.with_default_tag()])
+
+    def remove(
+        self, text: str, *, force: bool = False, in_use: Callable[[Digest], bool] | None = None
+    ) -> list[str]:
+        """``docker rmi``: untag a name, deleting the image when no name is left; return lines."""
+        record = self.resolve(text)
+        by_name: Reference | None = None
+        with contextlib.suppress(InvalidReference):
+            candidate = Reference.parse(text).with_default_tag()
+            if candidate in record.names:
+                by_name = candidate
+        used = bool(in_use and in_use(record.id))
+        lines: list[str] = []
+        if by_name is not None and (len(record.names) > 1 or (used and force)):
+            self.index.update(lambda es: idx.untag(es, by_name))
+            return [f"Untagged: {by_name.familiar()}"]
+        if used and not force:
+            raise ImageInUse(
+                f"unable to remove image {text} ({record.short_id}): a container is using it; "
+                "remove the container first or use -f"
+            )
+        if by_name is None and len(record.names) > 1 and not force:
+            raise ImageInUse(
+                f"unable to delete {record.short_id} (must be forced): image is referenced in "
+                f"multiple repositories ({', '.join(n.familiar() for n in record.names)})"
+            )
+        if used:  # forced removal of an image a container uses: drop its names only
+            for name in record.names:
+                self.index.update(functools.partial(_untag, ref=name))
+            return [f"Untagged: {n.familiar()}" for n in record.names]
+        self.index.update(lambda es: idx.drop_image(es, record.manifest.digest))
+        lines.extend(f"Untagged: {n.familiar()}" for n in record.names)
+        lines.append(f"Deleted: {record.id}")
+        self.gc()
+        return lines
+
+    def prune(
+        self, *, all_images: bool = False, in_use: Callable[[Digest], bool] | None = None
+    ) -> PruneReport:
+        """``docker image prune [-a]``: drop dangling (or all unused) images, then collect."""
+        deleted: list[Digest] = []
+        untagged: list[Reference] = []
+        for record in self.images():
+            if in_use is not None and in_use(record.id):
+                continue
+            if record.names and not all_images:
+                continue
+            self.index.update(functools.partial(_drop, digest=record.manifest.digest))
+            deleted.append(record.id)
+            untagged.extend(record.names)
+        reclaimed = self.gc()
+        return PruneReport(tuple(deleted), tuple(untagged), reclaimed)
+
+    # -- garbage collection and checks ---------------------------------------------------------
+    def _referenced(self, entries: Iterable[Descriptor]) -> tuple[set[Digest], set[Digest]]:
+        """Blobs reachable from ``entries`` and the diff_ids of their layers."""
+        blobs: set[Digest] = set()
+        diff_ids: set[Digest] = set()
+        pending = list(entries)
+        while pending:
+            desc = pending.pop()
+            if desc.digest in blobs:
+                continue
+            blobs.add(desc.digest)
+            try:
+                raw = self.blobs.read(desc.digest, verify=False)
+            except MinidockError:
+                continue
+            if desc.media_type in mt.INDEX_TYPES:
+                with contextlib.suppress(ImageError):
+                    pending.extend(Index.from_json(raw).manifests)
+                continue
+            try:
+                manifest = Manifest.from_json(raw)
+            except ImageError:
+                continue
+            blobs.add(manifest.config.digest)
+            blobs.update(layer.digest for layer in manifest.layers)
+            with contextlib.suppress(MinidockError):
+                config = ImageConfig.from_json(
+                    self.blobs.read(manifest.config.digest, verify=False)
+                )
+                diff_ids.update(config.diff_ids)
+        return blobs, diff_ids
+
+    def gc(self) -> int:
+        """Remove blobs and snapshots that no image references; return the bytes freed."""
+        freed = 0
+        with gc_exclusive(self.paths.gc_lock):
+            blobs, diff_ids = self._referenced(self.index.read())
+            for digest in list(self.blobs):
+                if digest not in blobs:
+                    freed += self.blobs.delete(digest)
+            for snap in list(self.paths.snapshots.iterdir()):
+                try:
+                    keep = Digest("sha256", snap.name) in diff_ids
+                except ValueError:
+                    keep = False
+                if not keep:
+                    freed += _dir_size(snap)
+                    _rmtree(snap)
+            self.blobs.remove_stale_temps()
+            self._remove_stale_index_temps()
+        return freed
+
+    def _remove_stale_index_temps(self) -> None:
+        for tmp in self.root.glob(".index.json.*.tmp"):
+            pid = tmp.name.split(".")[3]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    def disk_usage(self, in_use: Callable[[Digest], bool] | None = None) -> DiskUsage:
+        """``docker system df`` numbers for images, blobs and snapshots."""
+        records = self.images()
+        active = [r for r in records if in_use is not None and in_use(r.id)]
+        blob_list = list(self.blobs)
+        blob_bytes = sum(self.blobs.size(d) for d in blob_list)
+        snaps = [s for s in self.paths.snapshots.iterdir() if s.is_dir()]
+        snap_bytes = sum(int((s / "size").read_text()) for s in snaps if (s / "size").exists())
+        size = sum(r.size for r in records)
+        return DiskUsage(
+            images=len(records),
+            active=len(active),
+            size=size,
+            reclaimable=size - sum(r.size for r in active),
+            blobs=len(blob_list),
+            blob_bytes=blob_bytes,
+            snapshots=len(snaps),
+            snapshot_bytes=snap_bytes,
+        )
+
+    def check(self, *, deep: bool = True) -> list[str]:
+        """Validate the whole store: index, every image, snapshots. Empty list = consistent."""
+        problems: list[str] = []
+        try:
+            entries = self.index.read()
+        except StoreError as exc:
+            return [str(exc)]
+        names = [idx.entry_name(e) for e in entries]
+        seen: set[Reference] = set()
+        for n in names:
+            if n is not None:
+                if n in seen:
+                    problems.append(f"index: the name {n} appears more than once")
+                seen.add(n)
+        for e in {e.digest: e for e in entries}.values():
+            problems.extend(
+                validate_image(StoreImage(self, e), deep=deep, what=f"image {e.digest.short}")
+            )
+        for digest in self.blobs:
+            if deep:
+                with self.blobs.open(digest) as f:
+                    h = _hash_stream(f)
+                if h != digest:
+                    problems.append(f"blob {digest} is corrupt (hashes to {h})")
+        for snap in self.paths.snapshots.iterdir():
+            if not (snap / "fs").is_dir():
+                problems.append(f"snapshot {snap} is incomplete (no fs/)")
+        return problems
+
+    def temp_dir(self, prefix: str) -> Path:
+        """A fresh directory under the store's tmp dir (same filesystem as blobs and snapshots)."""
+        path = self.blobs.temp_path(prefix)
+        path.mkdir(parents=True)
+        return path
+
+
+def _decompressing(src: IO[bytes], source: str) -> IO[bytes]:
+    """Wrap ``src`` so that gzip, bzip2 and xz input reads as a plain tar."""
+    import io
+
+    buffered = cast("io.BufferedReader", src)
+    if not hasattr(src, "peek"):
+        buffered = io.BufferedReader(cast("io.RawIOBase", src), buffer_size=_CHUNK)
+    head = buffered.peek(6)[:6]
+    if head[:2] == b"\x1f\x8b":
+        import gzip
+
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=buffered, mode="rb"))
+    if head[:3] == b"BZh":
+        import bz2
+
+        return cast("IO[bytes]", bz2.BZ2File(buffered, "rb"))
+    if head == b"\xfd7zXZ\x00":
+        import lzma
+
+        return cast("IO[bytes]", lzma.LZMAFile(buffered, "rb"))
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        raise StoreError(f"{source}: zstd-compressed tars are not supported; decompress it first")
+    return cast("IO[bytes]", buffered)
+
+
+def _drop(entries: list[Descriptor], *, digest: Digest) -> list[Descriptor]:
+    return idx.drop_image(entries, digest)
+
+
+def _untag(entries: list[Descriptor], *, ref: Reference) -> list[Descriptor]:
+    return idx.untag(entries, ref)
+
+
+def _host_arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+        machine, machine
+    )
+
+
+def _hash_stream(f: IO[bytes]) -> Digest:
+    from pytest_minidock.digest import sha256_file
+
+    return sha256_file(f)[0]
+
+
+def _dir_size(path: Path) -> int:
+    try:
+        return int((path / "size").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,48 @@
+"""Shared fixtures and the rule that a test's missing capability fails in CI instead of skipping."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support.rootfs import busybox_tar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pytest_minidock.store.store import Store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing_capability(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("privileged") and os.geteuid() != 0:
+        return "needs root (marker 'privileged')"
+    if item.get_closest_marker("netns") and os.geteuid() != 0:
+        return "needs root to create network namespaces (marker 'netns')"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = _missing_capability(item)
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason}: CI must provide it", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox rootfs tar made from Debian's busybox-static (once per session)."""
+    return busybox_tar(tmp_path_factory.mktemp("rootfs") / "busybox.tar")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An empty store in a temporary directory."""
+    from pytest_minidock.store.store import Store
+
+    return Store(tmp_path / "store")

@@ -1,0 +1,1 @@
+"""Test support code: base images made locally from Debian packages."""

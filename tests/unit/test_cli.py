@@ -1,0 +1,142 @@
+"""The ``minidock`` command for images: docker's names, flags, output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_minidock.cli import human_duration, human_size, main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def run(capsys: pytest.CaptureFixture[str], root: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(0, "0B"), (999, "999B"), (2_150_000, "2.15MB"), (1_234_567_890, "1.235GB")]
+)
+def test_human_size(n: int, text: str) -> None:
+    assert human_size(n) == text
+
+
+@pytest.mark.parametrize(
+    ("s", "text"),
+    [
+        (0, "Less than a second"),
+        (30, "30 seconds"),
+        (90, "About a minute"),
+        (600, "10 minutes"),
+        (3600, "About an hour"),
+        (7200, "2 hours"),
+        (3 * 86400, "3 days"),
+        (21 * 86400, "3 weeks"),
+        (90 * 86400, "3 months"),
+        (800 * 86400, "2 years"),
+    ],
+)
+def test_human_duration(s: int, text: str) -> None:
+    assert human_duration(s) == text
+
+
+def test_import_images_tag_save_rmi_load_round_trip(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    root = tmp_path / "store"
+    code, out, _ = run(
+        capsys, root, "import", "-c", 'CMD ["sh"]', str(busybox_rootfs), "busybox:latest"
+    )
+    assert code == 0
+    image_id = out.strip()
+    assert image_id.startswith("sha256:")
+
+    code, out, _ = run(capsys, root, "images")
+    header, row = out.splitlines()
+    assert header.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert row.split()[:3] == ["busybox", "latest", image_id[7:19]]
+    assert row.rstrip().endswith("MB")
+
+    assert run(capsys, root, "tag", "busybox", "localhost:5000/tools/bb:1")[0] == 0
+    code, out, _ = run(capsys, root, "images", "-q")
+    assert out.split() == [image_id[7:19]]
+    code, out, _ = run(capsys, root, "images", "localhost:5000/tools/bb")
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["localhost:5000/tools/bb", "1"]]
+
+    code, out, _ = run(capsys, root, "inspect", "busybox")
+    (info,) = json.loads(out)
+    assert info["Id"] == image_id
+    assert info["Config"]["Cmd"] == ["sh"]
+    code, out, _ = run(capsys, root, "inspect", "-f", "{{.Id}} {{json .Config.Cmd}}", "busybox")
+    assert out.strip() == f'{image_id} ["sh"]'
+
+    archive = tmp_path / "bb.tar"
+    assert (
+        run(capsys, root, "save", "-o", str(archive), "busybox", "localhost:5000/tools/bb:1")[0]
+        == 0
+    )
+    code, out, _ = run(capsys, root, "rmi", "busybox", "localhost:5000/tools/bb:1")
+    assert out.splitlines() == [
+        "Untagged: busybox:latest",
+        "Untagged: localhost:5000/tools/bb:1",
+        f"Deleted: {image_id}",
+    ]
+    assert run(capsys, root, "images", "-q")[1] == ""
+
+    code, out, _ = run(capsys, root, "load", "-i", str(archive))
+    assert code == 0
+    assert out.splitlines() == [
+        "Loaded image: busybox:latest",
+        "Loaded image: localhost:5000/tools/bb:1",
+    ]
+    assert run(capsys, root, "images", "-q")[1].split() == [image_id[7:19]]
+    code, out, _ = run(capsys, root, "system", "check")
+    assert (code, out.strip()) == (0, "store is consistent")
+
+
+def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    code, _, err = run(capsys, root, "rmi", "nosuch:1")
+    assert (code, err.strip()) == (1, "Error: no such image: nosuch:1")
+    code, _, err = run(capsys, root, "tag", "nosuch", "x")
+    assert (code, err.strip()) == (1, "Error: no such image: nosuch")
+    code, _, err = run(capsys, root, "import", str(tmp_path / "missing.tar"), "x")
+    assert code == 1
+    assert err.startswith("Error: cannot open ")
+    assert "missing.tar" in err
+    code, _, err = run(capsys, root, "load", "-i", str(root / "oci-layout"))
+    assert code == 1
+    assert "not a readable image archive" in err
+
+
+def test_image_prune_and_system_df(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    root = tmp_path / "store"
+    run(capsys, root, "import", str(busybox_rootfs), "bb:1")
+    run(capsys, root, "import", str(busybox_rootfs), "bb:1")  # the first becomes dangling
+    assert "<none>" in run(capsys, root, "images")[1]
+    _code, out, _ = run(capsys, root, "system", "df")
+    assert out.splitlines()[1].split()[:3] == ["Images", "2", "0"]
+    _code, out, _ = run(capsys, root, "image", "prune", "-f")
+    assert out.splitlines()[0].startswith("deleted: sha256:")
+    assert "<none>" not in run(capsys, root, "image", "ls")[1]
+
+
+def test_python_dash_m_and_the_console_script(tmp_path: Path) -> None:
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "minidock"
+    for argv in ([sys.executable, "-m", "pytest_minidock"], [str(script)]):
+        res = subprocess.run(
+            [*argv, "--root", str(tmp_path), "images"], capture_output=True, text=True, check=False
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]

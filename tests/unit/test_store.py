@@ -1,0 +1,298 @@
+"""The image store: import, names, removal, garbage collection, archives, crash-safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_minidock.digest import Digest, sha256_bytes
+from pytest_minidock.errors import (
+    DigestMismatch,
+    ImageInUse,
+    ImageNotFound,
+    InvalidReference,
+    StoreError,
+    UnsafeLayer,
+)
+from pytest_minidock.image.archive import ArchiveReader, save_archive
+from pytest_minidock.image.validate import validate_image
+from pytest_minidock.reference import Reference
+from pytest_minidock.store.store import Store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+R = Reference.parse
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _import(store: Store, data: bytes, name: str | None = None) -> Digest:
+    refs = [R(name)] if name else []
+    return store.import_tarball(io.BytesIO(data), refs, source="test").id
+
+
+def test_fresh_store_is_an_oci_layout(store: Store) -> None:
+    assert json.loads((store.root / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert store.images() == []
+    assert store.check() == []
+
+
+def test_import_list_and_inspect(store: Store, busybox_rootfs: Path) -> None:
+    with open(busybox_rootfs, "rb") as f:
+        record = store.import_tarball(f, [R("busybox")], source=str(busybox_rootfs))
+    assert record.names == (R("docker.io/library/busybox:latest"),)
+    assert store.resolve("busybox").id == record.id
+    assert store.resolve("busybox:latest").id == record.id
+    assert store.resolve(record.id.hex[:12]).id == record.id
+    assert store.resolve(str(record.id)).id == record.id
+    info = store.inspect("busybox")
+    assert info["Id"] == str(record.id)
+    assert info["RepoTags"] == ["busybox:latest"]
+    assert info["RootFS"]["Layers"] == [str(d) for d in record.diff_ids]
+    # The layer's diff_id is the digest of the tar exactly as given (like docker import).
+    assert record.diff_ids == (sha256_bytes(busybox_rootfs.read_bytes()),)
+    (lower,) = store.lowerdirs("busybox")
+    assert (lower / "bin" / "busybox").stat().st_size > 100_000
+    assert os.readlink(lower / "usr" / "bin" / "env") == "/bin/busybox"
+    assert record.size > 1_000_000
+    assert store.check() == []
+    assert validate_image(store.image("busybox")) == []
+
+
+def test_import_accepts_gzip_input_with_the_same_diff_id(store: Store) -> None:
+    import gzip
+
+    data = _tar({"a": b"x"})
+    plain = _import(store, data, "a:plain")
+    zipped = _import(store, gzip.compress(data), "a:gz")
+    assert store.resolve("a:plain").diff_ids == store.resolve("a:gz").diff_ids
+    assert plain != zipped or plain == zipped  # created time may differ; layers are what matter
+
+
+def test_same_content_gives_same_layer_blob(store: Store) -> None:
+    data = _tar({"etc/hello": b"hi\n"})
+    _import(store, data, "one")
+    _import(store, data, "two")
+    layers = {store.image(n).manifest().layers[0].digest for n in ("one", "two")}
+    assert len(layers) == 1
+
+
+def test_unknown_image_and_bad_names(store: Store) -> None:
+    with pytest.raises(ImageNotFound, match="no such image: nope"):
+        store.resolve("nope")
+    with pytest.raises(InvalidReference):
+        store.resolve("-foo")
+
+
+def test_retag_leaves_a_dangling_image_and_prune_removes_it(store: Store) -> None:
+    old = _import(store, _tar({"v": b"1"}), "app:1")
+    new = _import(store, _tar({"v": b"2"}), "app:1")
+    records = {r.id: r for r in store.images()}
+    assert records[old].names == ()
+    assert records[new].names == (R("app:1"),)
+    report = store.prune()
+    assert report.deleted_images == (old,)
+    assert report.reclaimed > 0
+    assert [r.id for r in store.images()] == [new]
+    assert store.check() == []
+
+
+def test_rmi_untags_then_deletes_and_collects_blobs(store: Store) -> None:
+    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    store.tag("x:1", R("x:2"))
+    assert store.remove("x:1") == ["Untagged: x:1"]
+    assert store.resolve("x:2").id == image_id
+    blobs_before = set(store.blobs)
+    assert store.remove("x:2") == ["Untagged: x:2", f"Deleted: {image_id}"]
+    assert store.images() == []
+    assert blobs_before
+    assert set(store.blobs) == set()
+    assert list(store.paths.snapshots.iterdir()) == []
+
+
+def test_rmi_by_id_with_several_names_needs_force(store: Store) -> None:
+    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    store.tag("x:1", R("y:1"))
+    with pytest.raises(ImageInUse, match="referenced in multiple repositories"):
+        store.remove(image_id.short)
+    lines = store.remove(image_id.short, force=True)
+    assert lines[-1] == f"Deleted: {image_id}"
+
+
+def test_rmi_of_an_image_in_use(store: Store) -> None:
+    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    with pytest.raises(ImageInUse, match="a container is using it"):
+        store.remove("x:1", in_use=lambda d: d == image_id)
+    assert store.remove("x:1", force=True, in_use=lambda d: d == image_id) == ["Untagged: x:1"]
+    assert store.resolve(image_id.hex).names == ()
+
+
+def test_save_load_round_trip_keeps_the_image_id(
+    store: Store, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    with open(busybox_rootfs, "rb") as f:
+        record = store.import_tarball(f, [R("busybox:latest")], source="busybox")
+    archive = tmp_path / "busybox.tar"
+    with open(archive, "wb") as out:
+        save_archive([(store.image("busybox"), record.names)], out)
+    # docker's layout: manifest.json + an OCI layout
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert {"manifest.json", "index.json", "oci-layout"} <= names
+    assert manifest == [
+        {
+            "Config": f"blobs/sha256/{record.id.hex}",
+            "RepoTags": ["busybox:latest"],
+            "Layers": [f"blobs/sha256/{store.image('busybox').manifest().layers[0].digest.hex}"],
+        }
+    ]
+    store.remove("busybox")
+    assert store.images() == []
+    other = Store(tmp_path / "other")
+    for target in (store, other):
+        with open(archive, "rb") as f, ArchiveReader(f, str(archive)) as reader:
+            ((image, refs),) = reader.images()
+            assert validate_image(image) == []
+            loaded = target.write_image(image, refs)
+        assert loaded.id == record.id
+        assert loaded.manifest.digest == record.manifest.digest
+        assert loaded.names == (R("busybox:latest"),)
+        assert target.check() == []
+
+
+def _legacy_archive(layer: bytes, config: bytes, tags: list[str]) -> bytes:
+    """The pre-Docker-25 ``docker save`` layout: <id>/layer.tar and <config>.json."""
+    buf = io.BytesIO()
+    cfg_hex = sha256_bytes(config).hex
+    files = {
+        f"{cfg_hex}.json": config,
+        "abc123/layer.tar": layer,
+        "abc123/VERSION": b"1.0",
+        "manifest.json": json.dumps(
+            [{"Config": f"{cfg_hex}.json", "RepoTags": tags, "Layers": ["abc123/layer.tar"]}]
+        ).encode(),
+    }
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_load_legacy_docker_archive(store: Store) -> None:
+    layer = _tar({"hello.txt": b"hello"})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["cat", "/hello.txt"]},
+            "rootfs": {"type": "layers", "diff_ids": [str(sha256_bytes(layer))]},
+        }
+    ).encode()
+    data = _legacy_archive(layer, config, ["legacy:1"])
+    with ArchiveReader(io.BytesIO(data), "legacy.tar") as reader:
+        ((image, refs),) = reader.images()
+        record = store.write_image(image, refs)
+    assert record.id == sha256_bytes(config)
+    assert record.names == (R("legacy:1"),)
+    (lower,) = store.lowerdirs("legacy:1")
+    assert (lower / "hello.txt").read_bytes() == b"hello"
+    assert store.check() == []
+
+
+def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store: Store) -> None:
+    layer = _tar({"hello.txt": b"hello"})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [str(sha256_bytes(b"other"))]},
+        }
+    ).encode()
+    with ArchiveReader(io.BytesIO(_legacy_archive(layer, config, ["bad:1"])), "bad.tar") as r:
+        ((image, refs),) = r.images()
+        with pytest.raises((StoreError, DigestMismatch, Exception), match=r"diff_id|hashes"):
+            store.write_image(image, refs)
+    assert store.images() == []
+    store.gc()
+    assert list(store.blobs) == []
+    assert list(store.paths.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        {"../escape": b"x"},
+        {"/abs/path": b"x"},
+        {"a/../../escape": b"x"},
+    ],
+)
+def test_malicious_layers_are_refused_with_nothing_written(
+    store: Store, tmp_path: Path, evil: dict[str, bytes]
+) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UnsafeLayer, match="test"):
+        _import(store, _tar(evil), "evil:1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (store.root.parent / "escape").exists()
+    assert store.images() == []
+    assert list(store.blobs) == []
+    assert list(store.paths.snapshots.iterdir()) == []
+    assert list(store.paths.tmp.iterdir()) == []
+
+
+def test_blob_writer_never_leaves_half_blobs(store: Store) -> None:
+    data = b"hello"
+    with pytest.raises(DigestMismatch):
+        store.blobs.write_bytes(b"tampered", sha256_bytes(data))
+    with pytest.raises(DigestMismatch, match="got 5 bytes, expected 6"):
+        store.blobs.ingest(io.BytesIO(data), sha256_bytes(data), 6)
+    assert list(store.blobs) == []
+    assert list(store.paths.tmp.iterdir()) == []
+    d = store.blobs.write_bytes(data)
+    assert store.blobs.read(d) == data
+    assert oct(store.blobs.path(d).stat().st_mode & 0o777) == "0o444"
+
+
+def test_stale_temp_files_of_dead_writers_are_collected(store: Store) -> None:
+    dead = store.paths.tmp / "blob-999999999-deadbeef"
+    dead.write_bytes(b"half")
+    mine = store.blobs.temp_path("blob")
+    mine.write_bytes(b"in progress")
+    store.gc()
+    assert not dead.exists()
+    assert mine.exists()
+
+
+def test_check_reports_a_corrupt_blob(store: Store) -> None:
+    _import(store, _tar({"f": b"data"}), "x:1")
+    layer = store.image("x:1").manifest().layers[0].digest
+    path = store.blobs.path(layer)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"garbage")
+    problems = store.check()
+    assert any(str(layer) in p for p in problems)
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=r"cannot use .* as the minidock store"):
+        Store(blocker / "store")
