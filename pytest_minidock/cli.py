@@ -220,7 +220,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     if args.output in (None, "-"):
         if sys.stdout.isatty():
             raise _error("cowardly refusing to save to a terminal; use -o FILE or redirect stdout")
-        save_archive(images, sys.stdout.buffer)
+        save_archive(images, sys.stdout.buffer, tmp_dir=str(store.paths.tmp))
         return 0
     from pathlib import Path
 
@@ -228,7 +228,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            save_archive(images, f)
+            save_archive(images, f, tmp_dir=str(store.paths.tmp))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -34,6 +34,29 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason)
 
 
+def require_tool(name: str) -> str:
+    """The path of a command-line tool the test needs; in CI its absence fails the test."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"needs {name!r} on PATH (./dev installs it)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``debian:bookworm`` minbase rootfs tar made with debootstrap (slow: only on demand)."""
+    from tests.support.rootfs import debian_tar
+
+    require_tool("debootstrap")
+    work = tmp_path_factory.mktemp("debootstrap")
+    return debian_tar(work.parent / "debian.tar", work / "root")
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox rootfs tar made from Debian's busybox-static (once per session)."""

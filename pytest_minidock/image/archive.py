@@ -3,7 +3,7 @@
 ``save_archive`` writes what ``docker save`` writes since Docker 25: an OCI image layout
 (``oci-layout``, ``index.json``, ``blobs/sha256/…``) plus docker's ``manifest.json``, so both
 ``docker load`` (any version: it reads ``manifest.json``) and OCI tools accept it. Layers are
-written as stored (gzip); ``docker load`` detects the compression.
+written uncompressed, as ``docker save`` writes them.
 
 ``ArchiveReader`` reads such a tar, the legacy docker-archive (``<id>/layer.tar`` directories,
 symlinked duplicate layers included) and plain OCI-layout tars (names from
@@ -16,10 +16,12 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from pytest_minidock.digest import Digest, sha256_file
+from pytest_minidock.digest import Digest, Hasher, sha256_file
 from pytest_minidock.errors import ImageError, InvalidDigest, InvalidReference
 from pytest_minidock.image import mediatypes as mt
 from pytest_minidock.image.model import (
@@ -37,7 +39,7 @@ from pytest_minidock.reference import Reference
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pytest_minidock.image.protocols import Image
+    from pytest_minidock.image.protocols import Image, Layer
 
 __all__ = ["ArchiveImage", "ArchiveLayer", "ArchiveReader", "save_archive", "select_platform"]
 
@@ -60,37 +62,89 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
     tar.addfile(info)
 
 
-def save_archive(images: Sequence[tuple[Image, Sequence[Reference]]], out: IO[bytes]) -> None:
-    """Write ``images`` (each with the names to record) as a ``docker save`` tar to ``out``."""
+def _uncompressed(layer: Layer, tmp_dir: str | None) -> tuple[IO[bytes], int, Digest]:
+    """The layer's uncompressed tar in a temp file, with its size and digest (its diff_id)."""
+    spool = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115
+    hasher = Hasher()
+    inflate = (
+        zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if mt.is_gzip_layer(layer.descriptor.media_type)
+        else None
+    )
+    try:
+        with layer.open() as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                data = chunk if inflate is None else inflate.decompress(chunk)
+                hasher.update(data)
+                spool.write(data)
+            if inflate is not None:
+                tail = inflate.flush()
+                hasher.update(tail)
+                spool.write(tail)
+    except (OSError, zlib.error) as exc:
+        spool.close()
+        raise ImageError(f"layer {layer.descriptor.digest}: cannot decompress: {exc}") from exc
+    if hasher.digest() != layer.diff_id:
+        spool.close()
+        raise ImageError(
+            f"layer {layer.descriptor.digest}: uncompressed tar hashes to {hasher.digest()}, "
+            f"not its diff_id {layer.diff_id}"
+        )
+    spool.seek(0)
+    return spool, hasher.size, hasher.digest()
+
+
+def save_archive(
+    images: Sequence[tuple[Image, Sequence[Reference]]],
+    out: IO[bytes],
+    *,
+    tmp_dir: str | None = None,
+) -> None:
+    """Write ``images`` (each with the names to record) as a ``docker save`` tar to ``out``.
+
+    Layers are written uncompressed (``blobs/sha256/<diff_id>``), as ``docker save`` does; the
+    archive's manifest points at them and the config is unchanged, so the image ID survives a
+    save/load round trip.
+    """
     written: set[Digest] = set()
+    sizes: dict[Digest, int] = {}
     index_entries: list[dict[str, Any]] = []
     manifest_json: list[dict[str, Any]] = []
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_dir(tar, "blobs/")
         _add_dir(tar, "blobs/sha256/")
 
-        def add_blob(digest: Digest, size: int, opener: Any) -> None:
-            if digest in written:
-                return
-            written.add(digest)
+        def add_blob(digest: Digest, size: int, f: IO[bytes]) -> None:
             info = tarfile.TarInfo(f"blobs/{digest.algorithm}/{digest.hex}")
             info.size = size
             info.mode = 0o644
             info.mtime = 0
-            with opener() as f:
-                tar.addfile(info, f)
+            tar.addfile(info, f)
+            written.add(digest)
 
         for image, names in images:
-            raw_manifest = image.raw_manifest()
             manifest = image.manifest()
             raw_config = image.raw_config()
+            layer_descs = []
             for layer in image.layers():
-                add_blob(layer.descriptor.digest, layer.descriptor.size, layer.open)
-            add_blob(manifest.config.digest, len(raw_config), lambda c=raw_config: io.BytesIO(c))
+                if layer.diff_id not in sizes:
+                    spool, size, _ = _uncompressed(layer, tmp_dir)
+                    with spool:
+                        add_blob(layer.diff_id, size, spool)
+                    sizes[layer.diff_id] = size
+                layer_descs.append(Descriptor(mt.OCI_LAYER, layer.diff_id, sizes[layer.diff_id]))
+            if manifest.config.digest not in written:
+                add_blob(manifest.config.digest, len(raw_config), io.BytesIO(raw_config))
+            archived = Manifest(
+                config=Descriptor(mt.OCI_CONFIG, manifest.config.digest, len(raw_config)),
+                layers=tuple(layer_descs),
+            )
+            raw_manifest = archived.to_json()
             mdigest = Digest.from_bytes(raw_manifest)
-            add_blob(mdigest, len(raw_manifest), lambda m=raw_manifest: io.BytesIO(m))
+            if mdigest not in written:
+                add_blob(mdigest, len(raw_manifest), io.BytesIO(raw_manifest))
             desc: dict[str, Any] = {
-                "mediaType": manifest.media_type,
+                "mediaType": mt.OCI_MANIFEST,
                 "digest": str(mdigest),
                 "size": len(raw_manifest),
             }
@@ -106,7 +160,7 @@ def save_archive(images: Sequence[tuple[Image, Sequence[Reference]]], out: IO[by
                 {
                     "Config": f"blobs/sha256/{manifest.config.digest.hex}",
                     "RepoTags": [n.familiar() for n in tagged if n.tag],
-                    "Layers": [f"blobs/sha256/{d.digest.hex}" for d in manifest.layers],
+                    "Layers": [f"blobs/sha256/{d.digest.hex}" for d in layer_descs],
                 }
             )
         _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')

@@ -1,0 +1,718 @@
+"""Snapshots: unpack a layer tar once into a read-only directory usable as an overlay lowerdir.
+
+Extraction is a security boundary: a layer comes from a registry or an archive nobody vetted.
+``extract_layer`` therefore never uses ``tarfile.extract`` and never follows a symlink. Every
+directory on the way to a member is opened with ``O_DIRECTORY | O_NOFOLLOW`` relative to its
+parent's descriptor (``openat`` style), files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW``,
+and metadata is applied through descriptors or with ``follow_symlinks=False``. A member is
+refused with ``UnsafeLayer`` when its name is absolute, has a ``..`` component, a NUL byte or is
+too long, when its parent path goes through a symlink, when it is a hardlink to anything but a
+regular file this layer already extracted, a relative symlink whose target climbs out of the
+root, or a device node the policy does not allow. Absolute symlink targets are fine: they are
+resolved inside the container's root, never on the host, because nothing here follows them.
+
+On any error everything written below ``dest`` is removed again, leaving ``dest`` empty.
+
+OCI whiteouts become overlay whiteouts: ``dir/.wh.name`` a 0:0 character device (as root) or an
+empty file with ``user.overlay.whiteout`` (rootless, the parent dir then carries
+``user.overlay.opaque=x`` as overlayfs requires); ``dir/.wh..wh..opq`` marks ``dir`` opaque with
+``trusted.overlay.opaque=y`` or ``user.overlay.opaque=y``. Overlay xattrs found in the layer
+itself are never applied: a layer must not be able to forge overlay metadata.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Self
+
+from pytest_minidock.errors import StoreError, UnsafeLayer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+__all__ = ["ExtractPolicy", "extract_layer"]
+
+CHUNK: Final = 1 << 20
+_TAR_BUFSIZE: Final = 1 << 16
+"""tarfile's stream buffer. Its reader copies the unread rest of this buffer on every header
+read, so bigger is slower; the stream below it reads ``CHUNK`` at a time anyway."""
+MAX_PATH_BYTES: Final = 4096
+"""Longest member name, hardlink or symlink target accepted (Linux ``PATH_MAX``)."""
+MAX_NAME_BYTES: Final = 255
+"""Longest single path component accepted (Linux ``NAME_MAX``)."""
+MAX_DEPTH: Final = 256
+"""Most path components a member name may have."""
+
+_WH_PREFIX: Final = b".wh."
+_WH_META_PREFIX: Final = b".wh..wh."
+_WH_OPAQUE: Final = b".wh..wh..opq"
+_PAX_XATTR: Final = "SCHILY.xattr."
+_NEVER_APPLIED_XATTR_PREFIXES: Final = ("trusted.overlay.", "user.overlay.")
+_NEVER_APPLIED_XATTRS: Final = frozenset({"security.selinux"})
+_PRIVILEGED_XATTR_PREFIXES: Final = ("trusted.", "security.")
+_XATTR_SKIPPABLE_ERRNOS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractPolicy:
+    """What extraction may do besides writing plain files, links and directories."""
+
+    devices: bool
+    """Create character/block device nodes; when False a device member is ``UnsafeLayer``."""
+    chown: bool
+    """Apply the tar uid/gid (needs root); when False files belong to the extracting user."""
+    whiteout: Literal["chardev", "xattr"]
+    """Overlay whiteout form: 0:0 character devices and ``trusted.overlay.opaque`` (root), or
+    ``user.overlay.whiteout`` files and ``user.overlay.opaque`` (rootless, ``userxattr``)."""
+
+    @classmethod
+    def for_current_user(cls) -> ExtractPolicy:
+        """Everything for root (euid 0), the rootless subset for anybody else."""
+        if os.geteuid() == 0:
+            return cls(devices=True, chown=True, whiteout="chardev")
+        return cls(devices=False, chown=False, whiteout="xattr")
+
+
+def extract_layer(tar_stream: BinaryIO, dest: Path, *, policy: ExtractPolicy, source: str) -> int:
+    """Unpack the uncompressed layer tar ``tar_stream`` into the empty directory ``dest``.
+
+    Returns the number of bytes of regular-file content written. ``source`` names the layer
+    (e.g. its digest) in error messages. Raises ``UnsafeLayer`` for a member that would escape
+    ``dest`` or that the policy forbids, ``StoreError`` for a corrupt tar or a filesystem error;
+    either way ``dest`` is left empty. The stream is read to EOF, so a digest-verifying stream
+    gets to check the whole layer.
+    """
+    try:
+        root_fd = os.open(dest, _DIR_FLAGS)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot extract layer {source}: snapshot directory {dest}: {exc.strerror}"
+        ) from exc
+    try:
+        if os.listdir(root_fd):
+            raise StoreError(
+                f"cannot extract layer {source}: snapshot directory {dest} is not empty"
+            )
+        before = _RootState.capture(root_fd)
+        extractor = _Extractor(root_fd, policy, source)
+        try:
+            extractor.run(tar_stream)
+        except BaseException:
+            extractor.close()
+            _empty_dir(root_fd)
+            before.restore(root_fd)
+            raise
+        extractor.close()
+        return extractor.written
+    finally:
+        os.close(root_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _RootState:
+    """Owner, mode and xattr names of ``dest`` before extraction, put back after a failure."""
+
+    st: os.stat_result
+    xattrs: frozenset[str]
+
+    @classmethod
+    def capture(cls, fd: int) -> _RootState:
+        try:
+            names = frozenset(os.listxattr(fd))
+        except OSError:
+            names = frozenset()
+        return cls(os.fstat(fd), names)
+
+    def restore(self, fd: int) -> None:
+        try:
+            for name in os.listxattr(fd):
+                if name not in self.xattrs:
+                    os.removexattr(fd, name)
+        except OSError:
+            pass
+        try:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (self.st.st_uid, self.st.st_gid):
+                os.fchown(fd, self.st.st_uid, self.st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(self.st.st_mode))
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A TarInfo whose reader fails on a damaged header instead of silently stopping there.
+
+    ``TarFile.next`` treats a bad checksum or a short header after the first member as the end of
+    the archive; a layer cut or corrupted that way would extract as a silently truncated tree.
+    A clean EOF on a header boundary (no end-of-archive blocks) is still accepted, as docker does.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as exc:
+            if type(exc).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
+                raise  # a proper end of archive, or a clean EOF on a header boundary
+            raise tarfile.ReadError(f"damaged tar header: {exc}") from None
+
+
+class _StreamTarFile(tarfile.TarFile):
+    """``TarFile`` with the ``members`` list typeshed leaves out (cleared as we stream)."""
+
+    members: list[tarfile.TarInfo]
+
+
+@dataclass(slots=True)
+class _DirMeta:
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int | None  # None: an implicit parent, keep whatever time it has
+
+
+@dataclass(slots=True)
+class _State:
+    """What this layer created so far, keyed by relative path bytes (b"" is the root)."""
+
+    created: set[bytes] = field(default_factory=set)  # everything that exists below dest
+    regular: set[bytes] = field(default_factory=set)  # regular files: valid hardlink targets
+    dirs: dict[bytes, _DirMeta] = field(default_factory=dict)  # metadata applied at the end
+    whiteouts: set[bytes] = field(default_factory=set)
+    xwhiteouts: dict[bytes, set[bytes]] = field(default_factory=dict)  # parent -> names
+    opaque: set[bytes] = field(default_factory=set)
+
+    def forget(self, rel: bytes) -> None:
+        """Drop every record of ``rel``, which was just removed."""
+        self.created.discard(rel)
+        self.regular.discard(rel)
+        self.dirs.pop(rel, None)
+        self.whiteouts.discard(rel)
+        self.opaque.discard(rel)
+        self.xwhiteouts.pop(rel, None)
+        parent, _, name = rel.rpartition(b"/")
+        names = self.xwhiteouts.get(parent)
+        if names is not None:
+            names.discard(name)
+
+
+def _rel(parts: list[bytes]) -> bytes:
+    return b"/".join(parts)
+
+
+def _show(rel: bytes) -> str:
+    return os.fsdecode(rel) if rel else "."
+
+
+class _Extractor:
+    def __init__(self, root_fd: int, policy: ExtractPolicy, source: str) -> None:
+        self.root_fd = root_fd
+        self.policy = policy
+        self.source = source
+        self.written = 0
+        self.state = _State()
+        self.euid = os.geteuid()
+        self._cache_key: tuple[bytes, ...] | None = None
+        self._cache_fd = -1
+        self._member = ""
+        self._buf = bytearray(CHUNK)
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        if self._cache_fd >= 0:
+            os.close(self._cache_fd)
+        self._cache_fd = -1
+        self._cache_key = None
+
+    def unsafe(self, reason: str, name: str | None = None) -> UnsafeLayer:
+        member = self._member if name is None else name
+        return UnsafeLayer(f"unsafe layer {self.source}: member {member!r}: {reason}")
+
+    def run(self, stream: BinaryIO) -> None:
+        try:
+            with _StreamTarFile.open(
+                fileobj=stream,
+                mode="r|",
+                bufsize=_TAR_BUFSIZE,
+                encoding="utf-8",
+                errors="surrogateescape",
+                tarinfo=_StrictTarInfo,
+            ) as tf:
+                while (member := tf.next()) is not None:
+                    tf.members.clear()  # a stream has no use for them: keep memory flat
+                    self._member = member.name
+                    self._one(tf, member)
+                self._member = ""
+                self._finish()
+            while stream.read(CHUNK):  # let a verifying stream see every byte
+                pass
+        except (UnsafeLayer, StoreError):
+            raise
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            where = f" at member {self._member!r}" if self._member else ""
+            raise StoreError(f"layer {self.source} is not a valid tar{where}: {exc}") from exc
+        except OSError as exc:
+            where = f" member {self._member!r}" if self._member else ""
+            raise StoreError(
+                f"cannot extract layer {self.source}{where}: {exc.strerror or exc}"
+            ) from exc
+
+    # ---- names ------------------------------------------------------------------------------
+
+    def _split(self, name: str, what: str) -> list[bytes]:
+        """Validate a member or link name and return its components (``.`` and ``//`` dropped)."""
+        raw = os.fsencode(name)
+        if b"\0" in raw:
+            raise self.unsafe(f"{what} contains a NUL byte")
+        if len(raw) > MAX_PATH_BYTES:
+            raise self.unsafe(f"{what} is longer than {MAX_PATH_BYTES} bytes")
+        if raw.startswith(b"/"):
+            raise self.unsafe(f"{what} is an absolute path")
+        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+        for part in parts:
+            if part == b"..":
+                raise self.unsafe(f"{what} has a '..' component")
+            if len(part) > MAX_NAME_BYTES:
+                raise self.unsafe(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
+        if len(parts) > MAX_DEPTH:
+            raise self.unsafe(f"{what} is nested deeper than {MAX_DEPTH} directories")
+        return parts
+
+    # ---- directory walking (never follows a symlink) ----------------------------------------
+
+    def _open_dir(self, parts: list[bytes], *, create: bool) -> int:
+        """Open ``parts`` below the root as a directory, one ``openat`` at a time.
+
+        Missing directories are made (mode 0755, as docker does) when ``create``. The caller owns
+        the returned descriptor (never the root's).
+        """
+        cur = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=cur)
+                    rel = _rel(parts[: i + 1])
+                    self.state.created.add(rel)
+                    self.state.dirs[rel] = _DirMeta(0o755, -1, -1, None)
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                    kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                    raise self.unsafe(
+                        f"parent path {_show(_rel(parts[: i + 1]))!r} is {kind}"
+                    ) from None
+                os.close(cur)
+                cur = nxt
+        except BaseException:
+            os.close(cur)
+            raise
+        return cur
+
+    def _parent(self, parents: list[bytes]) -> int:
+        """The (cached) descriptor of a member's parent directory, made if missing."""
+        key = tuple(parents)
+        if key != self._cache_key:
+            self._drop_cache()
+            self._cache_fd = self._open_dir(parents, create=True)
+            self._cache_key = key
+        return self._cache_fd
+
+    def _clear(self, pfd: int, rel: bytes, name: bytes) -> None:
+        """Remove whatever ``name`` in ``pfd`` is, if anything (this layer made it)."""
+        if rel not in self.state.created:
+            return
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            _rmtree_at(pfd, name, lambda sub: self.state.forget(rel + b"/" + sub))
+        else:
+            os.unlink(name, dir_fd=pfd)
+        self.state.forget(rel)
+
+    # ---- members ----------------------------------------------------------------------------
+
+    def _one(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = self._split(member.name, "name")
+        if not parts:
+            if not member.isdir():
+                raise self.unsafe("only a directory may stand for the layer root")
+            self.state.dirs[b""] = self._dir_meta(member)
+            self._set_xattrs(self.root_fd, member, b"")
+            return
+        parents, leaf = parts[:-1], parts[-1]
+        for part in parents:
+            if part.startswith(_WH_PREFIX):
+                raise self.unsafe("a whiteout name is used as a directory")
+        rel = _rel(parts)
+        if leaf.startswith(_WH_PREFIX):
+            self._whiteout(parents, leaf)
+        elif member.isreg():
+            self._regular(tf, member, parents, leaf, rel)
+        elif member.isdir():
+            self._directory(member, parents, leaf, rel)
+        elif member.issym():
+            self._symlink(member, parents, leaf, rel)
+        elif member.islnk():
+            self._hardlink(member, parents, leaf, rel)
+        elif member.ischr() or member.isblk():
+            if not self.policy.devices:
+                raise self.unsafe(
+                    "device nodes are not allowed here (extracting as a user who cannot make them)"
+                )
+            self._node(member, parents, leaf, rel)
+        elif member.isfifo():
+            self._node(member, parents, leaf, rel)
+        else:
+            raise self.unsafe(f"unsupported tar entry type {member.type!r}")
+
+    def _regular(
+        self,
+        tf: tarfile.TarFile,
+        member: tarfile.TarInfo,
+        parents: list[bytes],
+        leaf: bytes,
+        rel: bytes,
+    ) -> None:
+        pfd = self._parent(parents)
+        self._clear(pfd, rel, leaf)
+        fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            src = tf.extractfile(member)
+            if src is None:  # pragma: no cover - isreg() members always have data
+                raise StoreError(f"layer {self.source}: no data for {member.name!r}")
+            view = memoryview(self._buf)
+            total = 0
+            while True:
+                n = src.readinto(view)  # type: ignore[attr-defined]
+                if not n:
+                    break
+                chunk = view[:n]
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk) :]
+                total += n
+            if total != member.size:
+                raise StoreError(
+                    f"layer {self.source} is truncated: {member.name!r} has {total} of "
+                    f"{member.size} bytes"
+                )
+            self.written += total
+            if self.policy.chown:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)
+            self._set_xattrs(fd, member, rel)
+            ns = _mtime_ns(member)
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+        self.state.created.add(rel)
+        self.state.regular.add(rel)
+
+    def _directory(
+        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
+    ) -> None:
+        pfd = self._parent(parents)
+        exists = rel in self.state.created
+        if not exists or not stat.S_ISDIR(os.stat(leaf, dir_fd=pfd, follow_symlinks=False).st_mode):
+            was_whiteout = rel in self.state.whiteouts
+            self._clear(pfd, rel, leaf)
+            os.mkdir(leaf, 0o700, dir_fd=pfd)
+            self.state.created.add(rel)
+            if was_whiteout:
+                # ``.wh.d`` then ``d/`` in one layer: the new d replaces the lower one whole.
+                self.state.opaque.add(rel)
+        self.state.dirs[rel] = self._dir_meta(member)
+        if self._xattrs(member):
+            fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                self._set_xattrs(fd, member, rel)
+            finally:
+                os.close(fd)
+
+    def _symlink(
+        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
+    ) -> None:
+        target = os.fsencode(member.linkname)
+        if not target:
+            raise self.unsafe("symlink has an empty target")
+        if b"\0" in target:
+            raise self.unsafe("symlink target contains a NUL byte")
+        if len(target) > MAX_PATH_BYTES:
+            raise self.unsafe(f"symlink target is longer than {MAX_PATH_BYTES} bytes")
+        if not target.startswith(b"/"):
+            # Resolve lexically from the link's directory; it must stay inside the root.
+            depth = len(parents)
+            for part in target.split(b"/"):
+                if part == b"..":
+                    depth -= 1
+                    if depth < 0:
+                        raise self.unsafe(
+                            f"symlink target {member.linkname!r} climbs out of the layer root"
+                        )
+                elif part not in (b"", b"."):
+                    depth += 1
+        pfd = self._parent(parents)
+        self._clear(pfd, rel, leaf)
+        os.symlink(target, leaf, dir_fd=pfd)
+        self.state.created.add(rel)
+        if self.policy.chown:
+            os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+        if self._xattrs(member):
+            self._set_xattrs(_proc_path(pfd, leaf), member, rel)
+        ns = _mtime_ns(member)
+        os.utime(leaf, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+
+    def _hardlink(
+        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
+    ) -> None:
+        tparts = self._split(member.linkname, "hardlink target")
+        trel = _rel(tparts)
+        if not tparts or trel not in self.state.regular:
+            raise self.unsafe(
+                f"hardlink target {member.linkname!r} is not a regular file extracted earlier "
+                "from this layer"
+            )
+        if trel == rel:
+            raise self.unsafe("hardlink to itself")
+        pfd = self._parent(parents)
+        self._clear(pfd, rel, leaf)
+        if trel not in self.state.regular:  # the clear removed the target's directory
+            raise self.unsafe(f"hardlink target {member.linkname!r} was replaced by its own link")
+        tfd = self._open_dir(tparts[:-1], create=False)
+        try:
+            st = os.stat(tparts[-1], dir_fd=tfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):  # pragma: no cover - guarded by state.regular
+                raise self.unsafe(f"hardlink target {member.linkname!r} is not a regular file")
+            os.link(tparts[-1], leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(tfd)
+        self.state.created.add(rel)
+        self.state.regular.add(rel)
+
+    def _node(self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
+        pfd = self._parent(parents)
+        self._clear(pfd, rel, leaf)
+        if member.isfifo():
+            os.mkfifo(leaf, 0o600, dir_fd=pfd)
+        else:
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            device = os.makedev(member.devmajor, member.devminor)
+            os.mknod(leaf, kind | 0o600, device, dir_fd=pfd)
+        self.state.created.add(rel)
+        if self.policy.chown:
+            os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chmod(leaf, member.mode & 0o7777, dir_fd=pfd, follow_symlinks=False)
+        if self._xattrs(member):
+            self._set_xattrs(_proc_path(pfd, leaf), member, rel)
+        ns = _mtime_ns(member)
+        os.utime(leaf, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+
+    def _whiteout(self, parents: list[bytes], leaf: bytes) -> None:
+        prel = _rel(parents)
+        if leaf == _WH_OPAQUE:
+            self._parent(parents)  # the directory exists in this layer, even if only implied
+            self.state.opaque.add(prel)
+            return
+        if leaf.startswith(_WH_META_PREFIX):  # other aufs metadata (.wh..wh.plnk, ...)
+            return
+        name = leaf[len(_WH_PREFIX) :]
+        if name in (b"", b".", b".."):
+            raise self.unsafe("whiteout names no entry")
+        rel = _rel([*parents, name])
+        pfd = self._parent(parents)
+        self._clear(pfd, rel, name)
+        if self.policy.whiteout == "chardev":
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+        else:
+            fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=pfd)
+            try:
+                os.setxattr(fd, "user.overlay.whiteout", b"y")
+            finally:
+                os.close(fd)
+            self.state.xwhiteouts.setdefault(prel, set()).add(name)
+        self.state.created.add(rel)
+        self.state.whiteouts.add(rel)
+
+    # ---- metadata ---------------------------------------------------------------------------
+
+    def _dir_meta(self, member: tarfile.TarInfo) -> _DirMeta:
+        return _DirMeta(member.mode & 0o7777, member.uid, member.gid, _mtime_ns(member))
+
+    def _xattrs(self, member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        for key, value in member.pax_headers.items():
+            if not key.startswith(_PAX_XATTR):
+                continue
+            name = key[len(_PAX_XATTR) :]
+            if not name or "\0" in name or len(name) > MAX_NAME_BYTES:
+                raise self.unsafe(f"invalid xattr name {name!r}")
+            if name in _NEVER_APPLIED_XATTRS or name.startswith(_NEVER_APPLIED_XATTR_PREFIXES):
+                continue
+            out.append((name, value.encode("utf-8", "surrogateescape")))
+        out.sort()
+        return out
+
+    def _set_xattrs(self, target: int | bytes, member: tarfile.TarInfo, rel: bytes) -> None:
+        for name, value in self._xattrs(member):
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as exc:
+                if (
+                    exc.errno in _XATTR_SKIPPABLE_ERRNOS
+                    and name.startswith(_PRIVILEGED_XATTR_PREFIXES)
+                    and self.euid != 0
+                ):
+                    continue
+                raise StoreError(
+                    f"cannot extract layer {self.source}: cannot set xattr {name} on "
+                    f"{_show(rel)!r}: {exc.strerror or exc}"
+                ) from exc
+
+    def _finish(self) -> None:
+        """Overlay markers, then directory owners, modes and times, deepest first."""
+        self._drop_cache()
+        state = self.state
+        opaque_name = (
+            "trusted.overlay.opaque" if self.policy.whiteout == "chardev" else "user.overlay.opaque"
+        )
+        for prel in list(state.xwhiteouts):
+            if not state.xwhiteouts[prel]:
+                del state.xwhiteouts[prel]
+            elif prel in state.opaque:
+                # Nothing below an opaque dir shows through anyway, and overlay only honours
+                # xattr whiteouts in dirs marked "x": drop them rather than leave stray files.
+                fd = self._open_dir(prel.split(b"/") if prel else [], create=False)
+                try:
+                    for name in state.xwhiteouts[prel]:
+                        os.unlink(name, dir_fd=fd)
+                finally:
+                    os.close(fd)
+                del state.xwhiteouts[prel]
+        todo = set(state.dirs) | state.opaque | set(state.xwhiteouts)
+        for rel in sorted(todo, key=lambda r: (-r.count(b"/") if r else 1, r)):
+            self._member = _show(rel)
+            fd = self._open_dir(rel.split(b"/") if rel else [], create=False)
+            try:
+                if rel in state.opaque:
+                    os.setxattr(fd, opaque_name, b"y")
+                elif rel in state.xwhiteouts:
+                    os.setxattr(fd, opaque_name, b"x")
+                meta = state.dirs.get(rel)
+                if meta is None:
+                    continue
+                if self.policy.chown and meta.uid >= 0:
+                    os.fchown(fd, meta.uid, meta.gid)
+                os.fchmod(fd, meta.mode)
+                if meta.mtime_ns is not None:
+                    os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    mtime = member.mtime
+    if isinstance(mtime, int):
+        return mtime * 1_000_000_000
+    return round(mtime * 1_000_000_000)
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    """A path naming ``name`` inside the directory open as ``dir_fd`` (for calls lacking
+    ``dir_fd``); only the last component is left to the caller's ``follow_symlinks``."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def _rmtree_at(parent_fd: int, name: bytes, removed: Callable[[bytes], None] | None = None) -> None:
+    """Remove the directory ``name`` in ``parent_fd`` and everything below it, never following a
+    symlink, and without recursion (depth is bounded by ``MAX_DEPTH`` open descriptors).
+
+    ``removed`` is told the path (relative to ``name``) of every entry removed below it.
+    Directories the owner cannot enter or write are made so first (rootless extraction).
+    """
+    stack: list[tuple[int, bytes, int, bytes]] = []  # (dir fd, its name, parent fd, rel path)
+    pfd = os.dup(parent_fd)
+    try:
+        stack.append((_open_for_removal(pfd, name), name, pfd, b""))
+        while stack:
+            fd, dname, dparent, drel = stack[-1]
+            child: bytes | None = None
+            with os.scandir(fd) as it:
+                for entry in it:
+                    ename = os.fsencode(entry.name)
+                    if entry.is_dir(follow_symlinks=False):
+                        child = ename
+                        break
+                    os.unlink(ename, dir_fd=fd)
+                    if removed is not None:
+                        removed(drel + b"/" + ename if drel else ename)
+            if child is not None:
+                crel = drel + b"/" + child if drel else child
+                stack.append((_open_for_removal(fd, child), child, fd, crel))
+                continue
+            stack.pop()
+            os.close(fd)
+            os.rmdir(dname, dir_fd=dparent)
+            if removed is not None and drel:
+                removed(drel)
+    finally:
+        for fd, _, _, _ in stack:
+            os.close(fd)
+        os.close(pfd)
+
+
+def _open_for_removal(parent_fd: int, name: bytes) -> int:
+    """Open a directory about to be emptied, making sure its owner may read and write it."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent_fd, follow_symlinks=False)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o700 != 0o700:
+            os.fchmod(fd, 0o700)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _empty_dir(root_fd: int) -> None:
+    """Remove everything inside the directory open as ``root_fd`` (best effort, no raising)."""
+    try:
+        if stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o700 != 0o700:
+            os.fchmod(root_fd, 0o700)
+        for name in os.listdir(root_fd):
+            ename = os.fsencode(name)
+            try:
+                st = os.stat(ename, dir_fd=root_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    _rmtree_at(root_fd, ename)
+                else:
+                    os.unlink(ename, dir_fd=root_fd)
+            except OSError:
+                continue
+    except OSError:
+        return
