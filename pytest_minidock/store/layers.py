@@ -63,8 +63,9 @@ CHUNK: Final = 1 << 20
 decompression reads."""
 
 DEFAULT_COMPRESSLEVEL: Final = 1
-"""gzip level used unless the caller says otherwise (see the module report: level 1 is ~3x faster
-than 6 for ~10% larger blobs on a Python-library-like tree)."""
+"""gzip level used unless the caller says otherwise. Measured on a 97 MB tree of Python's standard
+library on 2 cores: level 1 makes 95 MB/s and a 33% blob, level 6 41 MB/s and a 29% blob; 2.3x the
+speed for 14% more bytes, and a local store mostly writes and reads, it rarely ships."""
 
 WHITEOUT_PREFIX: Final = ".wh."
 OPAQUE_WHITEOUT: Final = ".wh..wh..opq"
@@ -213,6 +214,9 @@ def compress_tar(
     except OSError as exc:
         _unlink_quietly(out)
         raise StoreError(f"cannot compress tar stream into {out}: {_oserror_text(exc)}") from exc
+    except BaseException:
+        _unlink_quietly(out)
+        raise
 
 
 def open_layer(path: Path, *, diff_id: Digest | None = None) -> BinaryIO:
@@ -846,8 +850,8 @@ class _Prefetch(io.RawIOBase):
     """Reads ``inner`` in ``CHUNK`` pieces on a background thread, a few chunks ahead.
 
     For a gzip layer this runs inflate (which releases the GIL) in parallel with whatever the
-    reader does with the bytes, e.g. creating files. Closing it stops the thread and closes
-    ``inner`` and then ``also``.
+    reader does with the bytes, e.g. creating files. Closing it (or dropping it: the thread holds
+    no reference to it) stops the thread and closes ``inner`` and then ``also``.
     """
 
     _AHEAD: Final = 4
@@ -856,35 +860,17 @@ class _Prefetch(io.RawIOBase):
         super().__init__()
         self._inner = inner
         self._also = also
-        self._what = what
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
         self._stop = threading.Event()
         self._pending = memoryview(b"")
         self._eof = False
-        self._thread = threading.Thread(target=self._pump, name="minidock-inflate", daemon=True)
+        self._thread = threading.Thread(
+            target=_pump,
+            args=(inner, self._queue, self._stop, what),
+            name="minidock-inflate",
+            daemon=True,
+        )
         self._thread.start()
-
-    def _put(self, item: bytes | BaseException) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    def _pump(self) -> None:
-        try:
-            while True:
-                data = self._inner.read(CHUNK)
-                if not self._put(data) or not data:
-                    return
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            error = StoreError(f"{self._what} is corrupt: {exc}")
-            error.__cause__ = exc
-            self._put(error)
-        except BaseException as exc:  # handed to the reader, raised there
-            self._put(exc)
 
     def readable(self) -> bool:
         return True
@@ -919,6 +905,36 @@ class _Prefetch(io.RawIOBase):
         finally:
             self._also.close()
             super().close()
+
+
+def _pump(
+    inner: io.BufferedIOBase,
+    out: queue.Queue[bytes | BaseException],
+    stop: threading.Event,
+    what: str,
+) -> None:
+    """Body of the ``_Prefetch`` thread: chunks, then b"" at EOF, or the error that ended it."""
+
+    def put(item: bytes | BaseException) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    try:
+        while True:
+            data = inner.read(CHUNK)
+            if not put(data) or not data:
+                return
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        error = StoreError(f"{what} is corrupt: {exc}")
+        error.__cause__ = exc
+        put(error)
+    except BaseException as exc:  # handed to the reader, raised there
+        put(exc)
 
 
 class _VerifyingReader(io.RawIOBase):

@@ -240,9 +240,9 @@ class _Extractor:
         self._cache_fd = -1
         self._cache_key = None
 
-    def unsafe(self, reason: str, name: str | None = None) -> UnsafeLayer:
-        member = self._member if name is None else name
-        return UnsafeLayer(f"unsafe layer {self.source}: member {member!r}: {reason}")
+    def unsafe(self, reason: str) -> UnsafeLayer:
+        """The error for the member being extracted: names the layer, the member and why."""
+        return UnsafeLayer(f"unsafe layer {self.source}: member {self._member!r}: {reason}")
 
     def run(self, stream: BinaryIO) -> None:
         try:
@@ -360,6 +360,8 @@ class _Extractor:
             self.state.dirs[b""] = self._dir_meta(member)
             self._set_xattrs(self.root_fd, member, b"")
             return
+        if len(parts) > 1 and parts[0].startswith(_WH_META_PREFIX):
+            return  # aufs metadata such as .wh..wh.plnk/ (docker skips it too)
         parents, leaf = parts[:-1], parts[-1]
         for part in parents:
             if part.startswith(_WH_PREFIX):

@@ -84,7 +84,11 @@ def _listing(root: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
                     detail = fh.read()
             elif stat.S_ISLNK(st.st_mode):
                 detail = os.readlink(path)
-            out[os.path.normpath(os.path.relpath(path, root))] = (st.st_mode, st.st_mtime_ns, detail)
+            out[os.path.normpath(os.path.relpath(path, root))] = (
+                st.st_mode,
+                st.st_mtime_ns,
+                detail,
+            )
     return out
 
 
@@ -257,7 +261,7 @@ def test_xattr_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
         d("re/"),
         f("re/child", b"c"),
     )
-    assert sorted(os.listdir(dest)) == [".wh.top"[4:], "a", "o", "re"]
+    assert sorted(os.listdir(dest)) == ["a", "o", "re", "top"]  # aufs ".wh..wh.plnk" skipped
     for whiteout in (dest / "top", dest / "a" / "old"):
         assert whiteout.stat().st_size == 0
         assert os.getxattr(whiteout, "user.overlay.whiteout") == b"y"
@@ -302,7 +306,10 @@ MALICIOUS: dict[str, tuple[tuple[Member, ...], str]] = {
         "climbs out of the layer root",
     ),
     "deep-escaping-symlink": (
-        (d("a/"), sym("a/b", "../../../etc"),),
+        (
+            d("a/"),
+            sym("a/b", "../../../etc"),
+        ),
         "climbs out of the layer root",
     ),
     "hardlink-absolute": ((hard("passwd", "/etc/passwd"),), "absolute path"),
@@ -320,7 +327,7 @@ MALICIOUS: dict[str, tuple[tuple[Member, ...], str]] = {
     "device": ((dev("dev/mem", major=1, minor=1),), "device nodes are not allowed"),
     "block-device": ((dev("sda", kind=tarfile.BLKTYPE, major=8, minor=0),), "device nodes"),
     "file-as-parent": ((f("plain", b"p"), f("plain/child", b"c")), "not a directory"),
-    "nul-byte": ((f("ok/a\x00b", b"x"),), "NUL byte"),
+    "nul-byte": ((f("ok/placeholder", b"x", pax_headers={"path": "ok/a\x00b"}),), "NUL byte"),
     "long-path": ((f("a/" * 2100 + "f", b"x"),), "longer than 4096 bytes"),
     "long-component": ((f("n" * 256, b"x"),), "longer than 255 bytes"),
     "too-deep": ((f("d/" * 300 + "f", b"x"),), "nested deeper than 256"),
@@ -344,7 +351,8 @@ def test_malicious_layer_is_refused_and_nothing_leaks(host: Path, case: str) -> 
     assert SOURCE in str(err.value)
     assert os.listdir(dest) == []
     after = _listing(host)
-    assert after == before  # dest is empty again, nothing appeared or changed around it
+    del before["dest"], after["dest"]  # its mtime moved: things were made in it, then removed
+    assert after == before  # nothing appeared or changed around dest
     assert (host / "outside" / "sentinel.txt").read_bytes() == b"precious"
     assert not os.path.lexists("/etc/pwned")
 
@@ -389,7 +397,7 @@ def test_truncated_tar_is_a_store_error_and_dest_is_emptied(tmp_path: Path) -> N
     dest = tmp_path / "dest"
     dest.mkdir()
     data = _tar(d("a/"), f("a/one", b"1" * 5000), f("a/two", b"2" * 50_000))
-    with pytest.raises(StoreError, match="not a valid tar|truncated") as err:
+    with pytest.raises(StoreError, match=r"not a valid tar|truncated") as err:
         extract_layer(io.BytesIO(data[:-20_000]), dest, policy=ROOTLESS, source=SOURCE)
     assert not isinstance(err.value, UnsafeLayer)
     assert os.listdir(dest) == []
