@@ -23,26 +23,26 @@ import contextlib
 import enum
 import errno
 import gzip
-import hashlib
 import io
 import os
-import queue
 import stat
-import struct
 import tarfile
-import threading
-import zlib
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final, cast
 
 from pytest_minidock.digest import Digest, Hasher
-from pytest_minidock.errors import DigestMismatch, StoreError, UsageError
+from pytest_minidock.errors import StoreError, UsageError
+from pytest_minidock.store.blobio import (
+    CHUNK,
+    ChunkSink,
+    GzipPipeline,
+    LayerBlob,
+    Prefetch,
+    VerifyingReader,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from concurrent.futures import Future
     from pathlib import Path
 
 __all__ = [
@@ -52,15 +52,12 @@ __all__ = [
     "WHITEOUT_PREFIX",
     "LayerBlob",
     "compress_tar",
+    "copy_tar",
     "layer_from_diff",
     "layer_from_dir",
     "layer_from_overlay_upper",
     "open_layer",
 ]
-
-CHUNK: Final = 1 << 20
-"""Size of every read, of every piece of the tar stream handed to the compressor, and of
-decompression reads."""
 
 DEFAULT_COMPRESSLEVEL: Final = 1
 """gzip level used unless the caller says otherwise. Measured on a 97 MB tree of Python's standard
@@ -70,9 +67,7 @@ speed for 14% more bytes, and a local store mostly writes and reads, it rarely s
 WHITEOUT_PREFIX: Final = ".wh."
 OPAQUE_WHITEOUT: Final = ".wh..wh..opq"
 
-_WINDOW: Final = 32 * 1024
 _BLOCK: Final = tarfile.BLOCKSIZE
-_EMPTY_FINAL_BLOCK: Final = b"\x03\x00"  # a final, empty, fixed-Huffman deflate block
 _PAX_XATTR: Final = "SCHILY.xattr."
 
 # Overlay keeps its own bookkeeping in these namespaces; it never belongs in a layer.
@@ -101,22 +96,6 @@ MTIME_FROM_ENV: Final = _FromEnv.TOKEN
 """Default for ``mtime``: clamp to ``int($SOURCE_DATE_EPOCH)`` when set, else to 0."""
 
 MtimeArg = int | None | _FromEnv
-
-
-@dataclass(frozen=True, slots=True)
-class LayerBlob:
-    """A compressed layer written to disk, with both of its digests."""
-
-    path: Path
-    """Where the compressed blob was written (the ``out`` the caller gave)."""
-    digest: Digest
-    """sha256 of the compressed (gzip) bytes: the layer's blob digest in a manifest."""
-    size: int
-    """Compressed size in bytes."""
-    diff_id: Digest
-    """sha256 of the uncompressed tar stream: the layer's entry in ``rootfs.diff_ids``."""
-    uncompressed_size: int
-    """Size of the uncompressed tar stream in bytes."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,8 +181,8 @@ def compress_tar(
     """
     _check_level(compresslevel)
     try:
-        with _GzipPipeline(out, compresslevel) as pipe:
-            sink = _ChunkSink(pipe.feed)
+        with GzipPipeline(out, compresslevel) as pipe:
+            sink = ChunkSink(pipe.feed)
             while True:
                 data = src.read(CHUNK)
                 if not data:
@@ -217,6 +196,33 @@ def compress_tar(
     except BaseException:
         _unlink_quietly(out)
         raise
+
+
+def copy_tar(src: BinaryIO, out: Path) -> LayerBlob:
+    """Write an uncompressed tar stream (read to EOF) into ``out`` as is, hashing it as it goes.
+
+    For an uncompressed layer blob (``application/vnd.oci.image.layer.v1.tar``) the blob digest
+    and the diff_id are the same.
+    """
+    hasher = Hasher()
+    try:
+        with open(out, "xb") as f:
+            while True:
+                data = src.read(CHUNK)
+                if not data:
+                    break
+                hasher.update(data)
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        _unlink_quietly(out)
+        raise StoreError(f"cannot write tar stream into {out}: {_oserror_text(exc)}") from exc
+    except BaseException:
+        _unlink_quietly(out)
+        raise
+    digest = hasher.digest()
+    return LayerBlob(out, digest, hasher.size, digest, hasher.size)
 
 
 def open_layer(path: Path, *, diff_id: Digest | None = None) -> BinaryIO:
@@ -235,7 +241,7 @@ def open_layer(path: Path, *, diff_id: Digest | None = None) -> BinaryIO:
         raw.seek(0)
         stream: io.BufferedIOBase
         if magic.startswith(_GZIP_MAGIC):
-            inflating = _Prefetch(gzip.GzipFile(fileobj=raw, mode="rb"), raw, f"layer {path}")
+            inflating = Prefetch(gzip.GzipFile(fileobj=raw, mode="rb"), raw, f"layer {path}")
             stream = io.BufferedReader(inflating, CHUNK)
         elif magic.startswith(_ZSTD_MAGIC):
             raise StoreError(
@@ -250,7 +256,7 @@ def open_layer(path: Path, *, diff_id: Digest | None = None) -> BinaryIO:
         else:
             stream = raw
         if diff_id is not None:
-            stream = io.BufferedReader(_VerifyingReader(stream, diff_id, f"layer {path}"), CHUNK)
+            stream = io.BufferedReader(VerifyingReader(stream, diff_id, f"layer {path}"), CHUNK)
         return cast("BinaryIO", stream)
     except BaseException:
         raw.close()
@@ -617,7 +623,7 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _write_items(items: list[_Item], sink: _ChunkSink, clamp: int | None) -> None:
+def _write_items(items: list[_Item], sink: ChunkSink, clamp: int | None) -> None:
     first_link: dict[tuple[int, int], bytes] = {}
     for item in items:
         name = item.rel
@@ -686,8 +692,8 @@ def _build(
     _check_level(level)
     try:
         listed = items()
-        with _GzipPipeline(out, level) as pipe:
-            sink = _ChunkSink(pipe.feed)
+        with GzipPipeline(out, level) as pipe:
+            sink = ChunkSink(pipe.feed)
             _write_items(listed, sink, clamp)
             sink.write(bytes(2 * _BLOCK))  # end-of-archive marker
             sink.flush()
@@ -708,266 +714,3 @@ def _oserror_text(exc: OSError) -> str:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-class _ChunkSink:
-    """Cuts the tar stream into exactly ``CHUNK``-byte pieces (the last one shorter).
-
-    Fixed boundaries make the compressed output independent of how the stream was produced.
-    File data is read straight into the chunk buffer.
-    """
-
-    __slots__ = ("_buf", "_emit", "_pos", "_view")
-
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._buf = bytearray(CHUNK)
-        self._view = memoryview(self._buf)
-        self._pos = 0
-        self._emit = emit
-
-    def _ship(self) -> None:
-        self._emit(bytes(self._view[: self._pos]))
-        self._pos = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = min(len(view), CHUNK - self._pos)
-            self._view[self._pos : self._pos + n] = view[:n]
-            self._pos += n
-            view = view[n:]
-            if self._pos == CHUNK:
-                self._ship()
-
-    def copy_file(self, path: bytes, size: int) -> None:
-        """Append exactly ``size`` bytes of the regular file at ``path``."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb", buffering=0, closefd=True) as f:
-            remaining = size
-            while remaining:
-                n = f.readinto(
-                    self._view[self._pos : self._pos + min(CHUNK - self._pos, remaining)]
-                )
-                if not n:
-                    raise StoreError(
-                        f"{os.fsdecode(path)} shrank while it was being put in a layer"
-                    )
-                self._pos += n
-                remaining -= n
-                if self._pos == CHUNK:
-                    self._ship()
-
-    def flush(self) -> None:
-        if self._pos:
-            self._ship()
-
-
-def _deflate(chunk: bytes, zdict: bytes, level: int) -> bytes:
-    """Raw-deflate one chunk, primed with the previous one's tail, ending on a byte boundary."""
-    if zdict:
-        comp = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
-    else:
-        comp = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
-    return comp.compress(chunk) + comp.flush(zlib.Z_SYNC_FLUSH)
-
-
-def _default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-class _GzipPipeline:
-    """gzip writer: hashes the raw stream, deflates chunks on a pool, hashes and writes output."""
-
-    def __init__(self, out: Path, level: int, workers: int | None = None) -> None:
-        self._level = level
-        self._workers = _default_workers() if workers is None else workers
-        self._out = open(out, "wb", buffering=0)  # noqa: SIM115 - closed in __exit__
-        self._path = out
-        self._raw = Hasher()
-        self._crc = 0
-        self._gz = Hasher()
-        self._tail = b""
-        self._pending: deque[Future[bytes]] = deque()
-        self._pool = (
-            ThreadPoolExecutor(self._workers, thread_name_prefix="minidock-deflate")
-            if self._workers > 0
-            else None
-        )
-        xfl = b"\x04" if level == 1 else b"\x02" if level == 9 else b"\x00"
-        # magic, CM=deflate, no flags, MTIME=0, XFL, OS=unknown: no name, no time.
-        self._write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + xfl + b"\xff")
-
-    def __enter__(self) -> _GzipPipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            for fut in self._pending:
-                fut.cancel()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._out.close()
-
-    def _write(self, data: bytes) -> None:
-        self._gz.update(data)
-        view = memoryview(data)
-        while view:
-            n = self._out.write(view)
-            if n is None:  # pragma: no cover - only for non-blocking files
-                continue
-            view = view[n:]
-
-    def feed(self, chunk: bytes) -> None:
-        self._raw.update(chunk)
-        self._crc = zlib.crc32(chunk, self._crc)
-        if self._pool is None:
-            self._write(_deflate(chunk, self._tail, self._level))
-        else:
-            self._pending.append(self._pool.submit(_deflate, chunk, self._tail, self._level))
-            while len(self._pending) > 2 * self._workers:
-                self._write(self._pending.popleft().result())
-        self._tail = chunk[-_WINDOW:]
-
-    def finish(self) -> LayerBlob:
-        while self._pending:
-            self._write(self._pending.popleft().result())
-        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._raw.size & 0xFFFFFFFF)
-        self._write(_EMPTY_FINAL_BLOCK + trailer)
-        return LayerBlob(
-            path=self._path,
-            digest=self._gz.digest(),
-            size=self._gz.size,
-            diff_id=self._raw.digest(),
-            uncompressed_size=self._raw.size,
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-
-class _Prefetch(io.RawIOBase):
-    """Reads ``inner`` in ``CHUNK`` pieces on a background thread, a few chunks ahead.
-
-    For a gzip layer this runs inflate (which releases the GIL) in parallel with whatever the
-    reader does with the bytes, e.g. creating files. Closing it (or dropping it: the thread holds
-    no reference to it) stops the thread and closes ``inner`` and then ``also``.
-    """
-
-    _AHEAD: Final = 4
-
-    def __init__(self, inner: io.BufferedIOBase, also: io.BufferedIOBase, what: str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._also = also
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
-        self._stop = threading.Event()
-        self._pending = memoryview(b"")
-        self._eof = False
-        self._thread = threading.Thread(
-            target=_pump,
-            args=(inner, self._queue, self._stop, what),
-            name="minidock-inflate",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if not self._pending:
-            if self._eof:
-                return 0
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            if not item:
-                self._eof = True
-                return 0
-            self._pending = memoryview(item)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.1)
-        self._thread.join()
-        try:
-            self._inner.close()
-        finally:
-            self._also.close()
-            super().close()
-
-
-def _pump(
-    inner: io.BufferedIOBase,
-    out: queue.Queue[bytes | BaseException],
-    stop: threading.Event,
-    what: str,
-) -> None:
-    """Body of the ``_Prefetch`` thread: chunks, then b"" at EOF, or the error that ended it."""
-
-    def put(item: bytes | BaseException) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    try:
-        while True:
-            data = inner.read(CHUNK)
-            if not put(data) or not data:
-                return
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        error = StoreError(f"{what} is corrupt: {exc}")
-        error.__cause__ = exc
-        put(error)
-    except BaseException as exc:  # handed to the reader, raised there
-        put(exc)
-
-
-class _VerifyingReader(io.RawIOBase):
-    """Passes bytes through, and at EOF checks they hash to the expected digest."""
-
-    def __init__(self, inner: io.BufferedIOBase, expected: Digest, what: str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._expected = expected
-        self._what = what
-        self._h = hashlib.new(expected.algorithm)
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        n = self._inner.readinto(buffer)
-        if n:
-            self._h.update(memoryview(buffer)[:n])
-        elif not self._done:
-            self._done = True
-            got = self._h.hexdigest()
-            if got != self._expected.hex:
-                raise DigestMismatch(
-                    f"{self._what} uncompresses to {self._expected.algorithm}:{got}, "
-                    f"expected diff_id {self._expected}"
-                )
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()

@@ -42,8 +42,9 @@ from pytest_minidock.image.model import (
 from pytest_minidock.image.validate import validate_image
 from pytest_minidock.reference import Reference, is_image_id_prefix
 from pytest_minidock.store import index as idx
+from pytest_minidock.store.blobio import QueueReader, TeeReader, decompressing
 from pytest_minidock.store.blobs import BlobStore, pid_alive
-from pytest_minidock.store.layers import LayerBlob, compress_tar, open_layer
+from pytest_minidock.store.layers import LayerBlob, compress_tar, copy_tar, open_layer
 from pytest_minidock.store.locking import exclusive, gc_exclusive, gc_shared
 from pytest_minidock.store.paths import StorePaths, default_root
 from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
@@ -159,76 +160,19 @@ class StoreImage:
         return self.manifest().config.digest
 
 
-class _QueueReader:
-    """A read-only stream fed chunk by chunk through a queue (None ends it)."""
-
-    def __init__(self, q: queue.Queue[bytes | None]) -> None:
-        self._q = q
-        self._buf = b""
-        self._eof = False
-
-    def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._buf) < n):
-            chunk = self._q.get()
-            if chunk is None:
-                self._eof = True
-            else:
-                self._buf += chunk
-        if n < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def drain(self) -> None:
-        while not self._eof:
-            if self._q.get() is None:
-                self._eof = True
-
-
-class _TeeReader:
-    """Reads ``src`` in large chunks, serving reads and copying every chunk into a queue."""
-
-    def __init__(self, src: IO[bytes], q: queue.Queue[bytes | None]) -> None:
-        self._src = src
-        self._q = q
-        self._buf = memoryview(b"")
-        self._eof = False
-
-    def _fill(self) -> None:
-        chunk = self._src.read(_CHUNK)
-        if not chunk:
-            self._eof = True
-            return
-        self._q.put(chunk)
-        self._buf = memoryview(chunk)
-
-    def read(self, n: int = -1) -> bytes:
-        parts: list[bytes] = []
-        want = n
-        while (want < 0 or want > 0) and not (self._eof and not self._buf):
-            if not self._buf:
-                self._fill()
-                continue
-            take = len(self._buf) if want < 0 else min(want, len(self._buf))
-            parts.append(bytes(self._buf[:take]))
-            self._buf = self._buf[take:]
-            if want > 0:
-                want -= take
-        return b"".join(parts)
-
-    def drain(self) -> None:
-        """Copy the rest of the source into the queue (tar padding after the end marker)."""
-        self._buf = memoryview(b"")
-        while not self._eof:
-            self._fill()
-            self._buf = memoryview(b"")
-
-
 class Store:
     """The local content-addressed image store rooted at ``root``."""
 
-    def __init__(self, root: Path | str | None = None, *, policy: ExtractPolicy | None = None):
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        policy: ExtractPolicy | None = None,
+        compression: str = "gzip",
+    ):
+        if compression not in ("gzip", "none"):
+            raise StoreError(f"unknown layer compression {compression!r}: use gzip or none")
+        self.compression = compression
         self.paths = StorePaths(Path(root) if root is not None else default_root())
         self.root = self.paths.root
         self.blobs = BlobStore(self.paths.blobs, self.paths.tmp)
@@ -379,7 +323,7 @@ class Store:
     ) -> ImageRecord:
         """``docker import``: make a one-layer image of a rootfs tar (plain, gzip, bzip2 or xz)."""
         with gc_shared(self.paths.gc_lock):
-            layer = self._ingest_layer(_decompressing(src, source), source=source, unpack=True)
+            layer = self._ingest_layer(decompressing(src, source), source=source, unpack=True)
             created = now_rfc3339()
             os_name, arch = platform or ("linux", _host_arch())
             config = ImageConfig(
@@ -398,7 +342,7 @@ class Store:
             )
             return self._commit_image(
                 config,
-                [Descriptor(mt.OCI_LAYER_GZIP, layer.digest, layer.size)],
+                [Descriptor(self.layer_media_type, layer.digest, layer.size)],
                 refs,
             )
 
@@ -413,7 +357,9 @@ class Store:
             same_manifest = True
             for layer, diff_id in zip(image.layers(), config.diff_ids, strict=True):
                 desc = layer.descriptor
-                if self.blobs.exists(desc.digest) and mt.is_gzip_layer(desc.media_type):
+                if self.blobs.exists(desc.digest) and (
+                    mt.is_gzip_layer(desc.media_type) or desc.media_type == self.layer_media_type
+                ):
                     descs.append(desc)
                     continue
                 if desc.media_type in (mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP):
@@ -428,8 +374,10 @@ class Store:
                             f"layer {desc.digest}: uncompressed tar hashes to {blob.diff_id}, "
                             f"but the config says {diff_id}"
                         )
-                    descs.append(Descriptor(mt.OCI_LAYER_GZIP, blob.digest, blob.size))
-                    same_manifest = False
+                    new_desc = Descriptor(self.layer_media_type, blob.digest, blob.size)
+                    descs.append(new_desc)
+                    if (new_desc.digest, new_desc.media_type) != (desc.digest, desc.media_type):
+                        same_manifest = False
                 else:
                     raise ImageError(
                         f"layer {desc.digest}: unsupported media type {desc.media_type!r}"
@@ -487,12 +435,20 @@ class Store:
         with gc_shared(self.paths.gc_lock):
             return self._ingest_layer(tar_stream, source=source, unpack=unpack)
 
+    @property
+    def layer_media_type(self) -> str:
+        """The media type of the layers this store writes (gzip or plain tar)."""
+        return mt.OCI_LAYER_GZIP if self.compression == "gzip" else mt.OCI_LAYER
+
+    def _write_tar(self, src: BinaryIO, out: Path) -> LayerBlob:
+        return compress_tar(src, out) if self.compression == "gzip" else copy_tar(src, out)
+
     def _ingest_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool) -> LayerBlob:
         """Compress, hash and (optionally) unpack a tar stream in one pass; publish both."""
         tmp_blob = self.blobs.temp_path("layer")
         if not unpack:
             try:
-                blob = compress_tar(cast("BinaryIO", tar_stream), tmp_blob)
+                blob = self._write_tar(cast("BinaryIO", tar_stream), tmp_blob)
                 self.blobs.publish(tmp_blob, blob.digest)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -501,13 +457,13 @@ class Store:
         tmp_snap = self.blobs.temp_path("snapshot")
         (tmp_snap / "fs").mkdir(parents=True)
         q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        reader = _QueueReader(q)
+        reader = QueueReader(q)
         result: list[LayerBlob] = []
         errors: list[BaseException] = []
 
         def compress() -> None:
             try:
-                result.append(compress_tar(cast("BinaryIO", reader), tmp_blob))
+                result.append(self._write_tar(cast("BinaryIO", reader), tmp_blob))
             except BaseException as exc:  # re-raised in the calling thread
                 errors.append(exc)
             finally:
@@ -515,7 +471,7 @@ class Store:
 
         worker = threading.Thread(target=compress, name="minidock-compress", daemon=True)
         worker.start()
-        tee = _TeeReader(tar_stream, q)
+        tee = TeeReader(tar_stream, q)
         try:
             try:
                 written = extract_layer(
@@ -758,31 +714,6 @@ class Store:
         path = self.blobs.temp_path(prefix)
         path.mkdir(parents=True)
         return path
-
-
-def _decompressing(src: IO[bytes], source: str) -> IO[bytes]:
-    """Wrap ``src`` so that gzip, bzip2 and xz input reads as a plain tar."""
-    import io
-
-    buffered = cast("io.BufferedReader", src)
-    if not hasattr(src, "peek"):
-        buffered = io.BufferedReader(cast("io.RawIOBase", src), buffer_size=_CHUNK)
-    head = buffered.peek(6)[:6]
-    if head[:2] == b"\x1f\x8b":
-        import gzip
-
-        return cast("IO[bytes]", gzip.GzipFile(fileobj=buffered, mode="rb"))
-    if head[:3] == b"BZh":
-        import bz2
-
-        return cast("IO[bytes]", bz2.BZ2File(buffered, "rb"))
-    if head == b"\xfd7zXZ\x00":
-        import lzma
-
-        return cast("IO[bytes]", lzma.LZMAFile(buffered, "rb"))
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        raise StoreError(f"{source}: zstd-compressed tars are not supported; decompress it first")
-    return cast("IO[bytes]", buffered)
 
 
 def _drop(entries: list[Descriptor], *, digest: Digest) -> list[Descriptor]:

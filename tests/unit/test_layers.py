@@ -18,7 +18,7 @@ import pytest
 
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import DigestMismatch, StoreError, UsageError
-from pytest_minidock.store import layers
+from pytest_minidock.store import blobio, layers
 from pytest_minidock.store.layers import (
     LayerBlob,
     compress_tar,
@@ -261,7 +261,7 @@ def test_output_does_not_depend_on_threads_or_on_compress_tar(
 ) -> None:
     tree = _make_tree(tmp_path / "tree")
     threaded = layer_from_dir(tree, tmp_path / "a.tgz")
-    monkeypatch.setattr(layers, "_default_workers", lambda: 0)
+    monkeypatch.setattr(blobio, "default_workers", lambda: 0)
     inline = layer_from_dir(tree, tmp_path / "b.tgz")
     assert inline.path.read_bytes() == threaded.path.read_bytes()
     monkeypatch.undo()
