@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from pytest_minidock.store.store import Store
 
+pytest_plugins = ["pytester"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

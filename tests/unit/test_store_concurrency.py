@@ -72,3 +72,50 @@ def test_eight_parallel_writers_keep_the_store_consistent(tmp_path: Path) -> Non
     for record in store.images():
         assert store.lowerdirs(str(record.id))
     assert list(store.paths.tmp.iterdir()) == []
+
+
+def test_a_writer_killed_mid_import_leaves_no_half_blob(tmp_path: Path) -> None:
+    """SIGKILL an importer while its layer is half written: nothing partial becomes visible, the
+    store stays consistent, and the next garbage collection removes the dead writer's temp files."""
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "store"
+    store = Store(root)
+    script = (
+        "import sys\n"
+        "from pytest_minidock.reference import Reference\n"
+        "from pytest_minidock.store.store import Store\n"
+        "Store(sys.argv[1]).import_tarball(sys.stdin.buffer, [Reference.parse('half:1')])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(root)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    # A tar header for a 64 MiB file, then only part of its data: the importer blocks reading.
+    import tarfile
+
+    info = tarfile.TarInfo("big")
+    info.size = 64 << 20
+    proc.stdin.write(info.tobuf(format=tarfile.PAX_FORMAT))
+    proc.stdin.write(os.urandom(8 << 20))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(store.paths.tmp.iterdir()):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    assert any(store.paths.tmp.iterdir()), "the importer should have been killed mid-write"
+    assert list(store.blobs) == []
+    assert list(store.paths.snapshots.iterdir()) == []
+    assert store.images() == []
+    assert store.check() == []
+    store.gc()
+    assert list(store.paths.tmp.iterdir()) == []
