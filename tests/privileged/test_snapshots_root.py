@@ -20,6 +20,7 @@ from pytest_minidock.store.layers import (
     open_layer,
 )
 from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
+from tests.support.tars import Member, d, f
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,8 +30,6 @@ pytestmark = pytest.mark.privileged
 
 ROOT = ExtractPolicy(devices=True, chown=True, whiteout="chardev")
 ROOTLESS = ExtractPolicy(devices=False, chown=False, whiteout="xattr")
-T = 1_500_000_000
-Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 @pytest.fixture(autouse=True)
@@ -57,24 +56,6 @@ def _overlay(mounts: list[Path], target: Path, lower: list[Path], **extra: Path 
     )
     mounts.append(target)
     return target
-
-
-def _info(name: str, kind: bytes, mode: int = 0o644, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.mtime = T
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
-
-
-def f(name: str, data: bytes = b"", mode: int = 0o644, **attrs: object) -> Member:
-    return _info(name, tarfile.REGTYPE, mode, size=len(data), **attrs), data
-
-
-def d(name: str, mode: int = 0o755, **attrs: object) -> Member:
-    return _info(name, tarfile.DIRTYPE, mode, **attrs), None
 
 
 def _extract(dest: Path, *members: Member, policy: ExtractPolicy = ROOT) -> Path:

@@ -15,60 +15,21 @@ from pytest_minidock.digest import Digest
 from pytest_minidock.errors import DigestMismatch, StoreError, UnsafeLayer
 from pytest_minidock.store.layers import open_layer
 from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
+from tests.support import tars
+from tests.support.tars import Member, T, d, dev, f, hard, sym, tar_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 ROOTLESS = ExtractPolicy(devices=False, chown=False, whiteout="xattr")
 SOURCE = "sha256:feedface"
-T = 1_500_000_000
-
-Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 # ---- building tars -----------------------------------------------------------------------------
 
 
-def _info(name: str, kind: bytes, mode: int, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.mtime = T
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
-
-
-def f(name: str, data: bytes = b"", mode: int = 0o644, **attrs: object) -> Member:
-    return _info(name, tarfile.REGTYPE, mode, size=len(data), **attrs), data
-
-
-def d(name: str, mode: int = 0o755, **attrs: object) -> Member:
-    return _info(name, tarfile.DIRTYPE, mode, **attrs), None
-
-
-def sym(name: str, target: str) -> Member:
-    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
-
-
-def hard(name: str, target: str) -> Member:
-    return _info(name, tarfile.LNKTYPE, 0o644, linkname=target), None
-
-
-def dev(name: str, kind: bytes = tarfile.CHRTYPE, major: int = 1, minor: int = 3) -> Member:
-    return _info(name, kind, 0o666, devmajor=major, devminor=minor), None
-
-
-def _tar(*members: Member) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
 def _extract(dest: Path, *members: Member, policy: ExtractPolicy = ROOTLESS) -> int:
-    return extract_layer(io.BytesIO(_tar(*members)), dest, policy=policy, source=SOURCE)
+    return extract_layer(io.BytesIO(tar_bytes(*members)), dest, policy=policy, source=SOURCE)
 
 
 def _listing(root: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
@@ -129,7 +90,7 @@ def test_files_dirs_links_modes_times_and_byte_count(tmp_path: Path) -> None:
         f("secret/key", b"k", 0o400),
         f("etc/hostname", b"box\n", 0o644),  # parent never listed: made 0755
         f("dotted/./name", b"dot"),
-        (_info("fifo", tarfile.FIFOTYPE, 0o620), None),
+        (tars.info("fifo", tarfile.FIFOTYPE, 0o620), None),
     )
     assert written == len(big) + 4 + 1 + 3
     assert (dest / "bin" / "busybox").read_bytes() == big
@@ -231,7 +192,7 @@ def test_root_entry_sets_the_snapshot_root_metadata(tmp_path: Path) -> None:
 
 def test_a_real_layer_blob_extracts_through_open_layer(tmp_path: Path) -> None:
     blob = tmp_path / "layer.tar"
-    blob.write_bytes(_tar(d("etc/"), f("etc/os-release", b"ID=test\n")))
+    blob.write_bytes(tar_bytes(d("etc/"), f("etc/os-release", b"ID=test\n")))
     dest = tmp_path / "dest"
     dest.mkdir()
     with open_layer(blob, diff_id=Digest.from_bytes(blob.read_bytes())) as stream:
@@ -396,7 +357,7 @@ def test_relative_symlinks_inside_the_root_are_fine(tmp_path: Path) -> None:
 def test_truncated_tar_is_a_store_error_and_dest_is_emptied(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
-    data = _tar(d("a/"), f("a/one", b"1" * 5000), f("a/two", b"2" * 50_000))
+    data = tar_bytes(d("a/"), f("a/one", b"1" * 5000), f("a/two", b"2" * 50_000))
     with pytest.raises(StoreError, match=r"not a valid tar|truncated") as err:
         extract_layer(io.BytesIO(data[:-20_000]), dest, policy=ROOTLESS, source=SOURCE)
     assert not isinstance(err.value, UnsafeLayer)
@@ -406,7 +367,7 @@ def test_truncated_tar_is_a_store_error_and_dest_is_emptied(tmp_path: Path) -> N
 def test_damaged_header_after_the_first_member_is_not_a_silent_end(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
-    data = bytearray(_tar(f("one", b"1"), f("two", b"2"), f("three", b"3")))
+    data = bytearray(tar_bytes(f("one", b"1"), f("two", b"2"), f("three", b"3")))
     second = data.index(b"two\x00")
     data[second] = ord("T")  # the checksum no longer matches
     with pytest.raises(StoreError, match="damaged tar header"):
@@ -439,7 +400,7 @@ def test_digest_mismatch_after_extraction_empties_dest_and_restores_it(tmp_path:
     """A verifying stream fails only at EOF, after every member (and the root's mode) is done."""
     blob = tmp_path / "layer.tar"
     blob.write_bytes(
-        _tar(d("./", 0o555), d("ro/", 0o500), f("ro/f", b"f", 0o400), d("ro/sub/", 0o000))
+        tar_bytes(d("./", 0o555), d("ro/", 0o500), f("ro/f", b"f", 0o400), d("ro/sub/", 0o000))
     )
     dest = tmp_path / "dest"
     dest.mkdir(mode=0o750)
@@ -454,6 +415,6 @@ def test_digest_mismatch_after_extraction_empties_dest_and_restores_it(tmp_path:
 def test_stream_is_read_to_eof(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
-    stream = io.BytesIO(_tar(f("a", b"a")) + bytes(30_000))
+    stream = io.BytesIO(tar_bytes(f("a", b"a")) + bytes(30_000))
     extract_layer(stream, dest, policy=ROOTLESS, source=SOURCE)
     assert stream.read() == b""
