@@ -153,8 +153,12 @@ def layer_from_overlay_upper(
     *,
     mtime: MtimeArg = MTIME_FROM_ENV,
     compresslevel: int = DEFAULT_COMPRESSLEVEL,
+    exclude: Callable[[str], bool] | None = None,
 ) -> LayerBlob:
     """Write an overlayfs upper directory as a gzip layer to ``out``.
+
+    ``exclude`` gets each entry's path as the container sees it (``/etc/hosts``) and drops the
+    entries it returns True for (a runtime's mount points, say).
 
     Overlay whiteouts (a 0:0 character device, or a file carrying ``*.overlay.whiteout``) become
     ``.wh.name`` entries and opaque directories (``*.overlay.opaque`` = ``y``) get a
@@ -166,7 +170,7 @@ def layer_from_overlay_upper(
     return _build(
         out,
         compresslevel,
-        lambda: _items_from_overlay_upper(os.fsencode(upper)),
+        lambda: _excluding(_items_from_overlay_upper(os.fsencode(upper)), exclude),
         clamp,
         what=f"layer from overlay upper dir {upper}",
     )
@@ -370,6 +374,12 @@ def _items_from_overlay_upper(upper: bytes) -> list[_Item]:
             items.append(_Item(_join(rel, OPAQUE_WHITEOUT.encode()), _Kind.OPAQUE, path, st, []))
     items.sort(key=lambda i: i.rel)
     return items
+
+
+def _excluding(items: list[_Item], exclude: Callable[[str], bool] | None) -> list[_Item]:
+    if exclude is None:
+        return items
+    return [i for i in items if not exclude("/" + os.fsdecode(i.rel).rstrip("/"))]
 
 
 def _listdir(path: bytes) -> dict[bytes, tuple[bytes, os.stat_result]]:

@@ -430,6 +430,13 @@ class Store:
         entries = self.index.update(edit)
         return self._record([e for e in entries if e.digest == mdesc.digest])
 
+    def add_layer_blob(self, blob: LayerBlob) -> Descriptor:
+        """Adopt a gzip layer file written by ``layers.layer_from_*`` (moved into the store)."""
+        with gc_shared(self.paths.gc_lock):
+            if not self.blobs.exists(blob.digest):
+                self.blobs.publish(blob.path, blob.digest)
+        return Descriptor(mt.OCI_LAYER_GZIP, blob.digest, blob.size)
+
     def add_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool = True) -> LayerBlob:
         """Store an uncompressed layer tar as a gzip blob (and its snapshot); for builders."""
         with gc_shared(self.paths.gc_lock):

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_minidock.cli import human_duration, human_size, main
+from pytest_minidock.cli import main
+from pytest_minidock.cli.images import human_duration, human_size
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -1,13 +1,7 @@
-"""The ``minidock`` command: docker's subcommands and flags, each a small function over the library.
-
-Modules are imported when a subcommand needs them, so ``minidock images`` stays quick to start.
-Exit status: 0 on success, 1 when minidock reports an error (printed as ``Error: …`` on stderr),
-2 for bad command-line usage.
-"""
+"""``minidock`` image commands: import, images, tag, rmi, inspect, save, load, prune, df, check."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -16,12 +10,13 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
 
     from pytest_minidock.reference import Reference
     from pytest_minidock.store.store import Store
 
-__all__ = ["main"]
+__all__ = ["add_image_commands", "add_system_commands", "human_duration", "human_size"]
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -154,11 +149,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
-    store = _store(args)
+    from pytest_minidock.api import Engine
+
+    engine = Engine(args.root)
     status = 0
     for name in args.images:
         try:
-            for line in store.remove(name, force=args.force):
+            for line in engine.remove_image(name, force=args.force):
                 print(line)
         except _minidock_error() as exc:
             print(f"Error: {exc}", file=sys.stderr)
@@ -178,13 +175,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             status = 1
     if args.format:
         for obj in out:
-            print(_format(args.format, obj))
+            print(format_template(args.format, obj))
     else:
         print(json.dumps(out, indent=4))
     return status
 
 
-def _format(template: str, obj: dict[str, Any]) -> str:
+def format_template(template: str, obj: dict[str, Any]) -> str:
     """A tiny subset of Go templates: ``{{.Field}}``, ``{{.A.B}}`` and ``{{json .Field}}``."""
     import re
 
@@ -318,7 +315,6 @@ def cmd_system_prune(args: argparse.Namespace) -> int:
     return cmd_image_prune(args)
 
 
-# -- parser ---------------------------------------------------------------------------------------
 def _error(message: str) -> Exception:
     from pytest_minidock.errors import UsageError
 
@@ -331,7 +327,7 @@ def _minidock_error() -> type[Exception]:
     return MinidockError
 
 
-def _add_image_commands(sub: Any, *, prefix: str = "") -> None:
+def add_image_commands(sub: Any, *, prefix: str = "") -> None:
     p = sub.add_parser("images" if not prefix else "ls", help="list images")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     p.add_argument("name", nargs="?", help="only images of this repository[:tag]")
@@ -360,10 +356,11 @@ def _add_image_commands(sub: Any, *, prefix: str = "") -> None:
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_rmi)
 
-    p = sub.add_parser("inspect", help="show low-level information on images")
-    p.add_argument("-f", "--format", help="format with a Go-template subset ({{.Id}})")
-    p.add_argument("names", nargs="+")
-    p.set_defaults(func=cmd_inspect)
+    if prefix:  # the top-level ``inspect`` (containers and images) is in cli.containers
+        p = sub.add_parser("inspect", help="show low-level information on images")
+        p.add_argument("-f", "--format", help="format with a Go-template subset ({{.Id}})")
+        p.add_argument("names", nargs="+")
+        p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("save", help="save images to a tar archive (docker-archive format)")
     p.add_argument("-o", "--output", help="write to a file instead of stdout")
@@ -376,27 +373,12 @@ def _add_image_commands(sub: Any, *, prefix: str = "") -> None:
     p.set_defaults(func=cmd_load)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pytest_minidock import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="minidock", description="Daemonless containers: docker's commands, no daemon."
-    )
-    parser.add_argument(
-        "--root",
-        default=None,
-        help="store root (default: $MINIDOCK_ROOT, /var/lib/minidock for root, "
-        "~/.local/share/minidock otherwise)",
-    )
-    parser.add_argument("--version", action="version", version=f"minidock {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    _add_image_commands(sub)
-
+def add_system_commands(sub: Any) -> None:
+    """``image ls|rm|prune|…`` and ``system df|prune|check``."""
     image = sub.add_parser("image", help="manage images")
     isub = image.add_subparsers(dest="subcommand", metavar="COMMAND")
     isub.required = True
-    _add_image_commands(isub, prefix="image")
+    add_image_commands(isub, prefix="image")
     p = isub.add_parser("prune", help="remove dangling (or, with -a, all) images")
     p.add_argument("-a", "--all", action="store_true", help="remove all unused images")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt (always the case)")
@@ -415,24 +397,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("check", help="verify the store: every image, blob and snapshot")
     p.add_argument("--quick", action="store_true", help="skip hashing layer contents")
     p.set_defaults(func=cmd_system_check)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``minidock`` command line; return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from pytest_minidock.errors import MinidockError
-
-    try:
-        status: int = args.func(args)
-    except MinidockError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            sys.stdout.close()
-        return 141
-    return status

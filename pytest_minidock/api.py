@@ -1,0 +1,282 @@
+"""``Engine``: the one place that wires the store, the builder, registries and the runtime together.
+
+The pytest plugin and the ``minidock`` CLI only translate their users' words into calls on an
+``Engine``. Every method takes image references and container names or IDs as docker does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_minidock.errors import ImageInUse, RuntimeFailure, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pytest_minidock.digest import Digest
+    from pytest_minidock.runtime.container import ExecResult, Runtime, Started, Stdio
+    from pytest_minidock.runtime.state import ContainerRecord
+    from pytest_minidock.spec import Overrides
+    from pytest_minidock.store.store import Store
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Images and containers under one root: build, pull, run, exec, inspect, remove."""
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        session: str = "",
+        syscalls: Any = None,
+        cgroups: Any = None,
+    ) -> None:
+        from pytest_minidock.store.paths import default_root
+
+        self.root = Path(root) if root is not None else default_root()
+        self.session = session
+        self._syscalls = syscalls
+        self._cgroups = cgroups
+        self._store: Store | None = None
+        self._runtime: Runtime | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from pytest_minidock.store.store import Store
+
+            self._store = Store(self.root)
+        return self._store
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            from pytest_minidock.runtime.container import Runtime
+
+            self._runtime = Runtime(
+                self.root, syscalls=self._syscalls, cgroups=self._cgroups, session=self.session
+            )
+        return self._runtime
+
+    # -- images --------------------------------------------------------------------------------
+    def image_in_use(self, image_id: Digest) -> bool:
+        """Whether any container (running or not) was made from this image."""
+        return any(r.config.get("ImageID") == str(image_id) for r in self.runtime.state.all())
+
+    def remove_image(self, name: str, *, force: bool = False) -> list[str]:
+        """``docker rmi``: refuses images that containers use, unless ``force``."""
+        try:
+            return self.store.remove(name, force=force, in_use=self.image_in_use)
+        except ImageInUse as exc:
+            users = [
+                r.short_id
+                for r in self.runtime.state.all()
+                if r.config.get("ImageID") == str(self.store.resolve(name).id)
+            ]
+            raise ImageInUse(f"{exc} (container {', '.join(users)})") from None
+
+    # -- containers ----------------------------------------------------------------------------
+    def create(
+        self,
+        image: str,
+        overrides: Overrides | None = None,
+        *,
+        name: str | None = None,
+        auto_remove: bool = False,
+        keep: bool = False,
+        detached: bool = False,
+        environ: dict[str, str] | None = None,
+    ) -> ContainerRecord:
+        """``docker create``: a container from ``image`` with ``overrides``, not started."""
+        from pytest_minidock.runtime.state import new_id
+        from pytest_minidock.spec import Overrides, make_spec
+
+        overrides = overrides or Overrides()
+        record = self.store.resolve(image)
+        img = self.store.image(str(record.manifest.digest))
+        lowerdirs = [str(p) for p in self.store.lowerdirs(str(record.manifest.digest))]
+        cid = new_id()
+        spec = make_spec(image, str(record.id), img.config(), overrides, default_hostname=cid[:12])
+        return self.runtime.create(
+            spec,
+            lowerdirs,
+            name=name,
+            auto_remove=auto_remove,
+            keep=keep,
+            detached=detached,
+            cid=cid,
+        )
+
+    def start(
+        self, container: str, *, stdio: Stdio | None = None, detached: bool = False
+    ) -> Started:
+        """``docker start``: start a created or stopped container."""
+        return self.runtime.start(container, stdio=stdio, detached=detached)
+
+    def run(
+        self,
+        image: str,
+        overrides: Overrides | None = None,
+        *,
+        name: str | None = None,
+        auto_remove: bool = False,
+        keep: bool = False,
+        detached: bool = False,
+        stdio: Stdio | None = None,
+    ) -> Started:
+        """``docker run``: create and start; returns once the payload runs.
+
+        ``detached``: the container outlives this process (the CLI's ``-d``); otherwise it dies
+        with this process, even if it is killed.
+        """
+        record = self.create(
+            image, overrides, name=name, auto_remove=auto_remove, keep=keep, detached=detached
+        )
+        try:
+            return self.runtime.start(record.id, stdio=stdio, detached=detached)
+        except RuntimeFailure:
+            if not auto_remove:
+                with contextlib.suppress(RuntimeFailure):
+                    self.runtime.state.update(record.id, status="exited")
+            raise
+
+    def wait(self, container: str, timeout: float | None = None) -> int:
+        return self.runtime.wait(container, timeout)
+
+    def stop(self, container: str, timeout: float | None = None) -> int:
+        return self.runtime.stop(container, timeout)
+
+    def kill(self, container: str, sig: int = signal.SIGKILL) -> None:
+        self.runtime.kill(container, sig)
+
+    def remove(self, container: str, *, force: bool = False, volumes: bool = False) -> str:
+        return self.runtime.remove(container, force=force, volumes=volumes)
+
+    def exec(
+        self,
+        container: str,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        stdio: Stdio | None = None,
+        capture: bool = False,
+    ) -> ExecResult:
+        return self.runtime.exec(
+            container, argv, env=env, workdir=workdir, user=user, stdio=stdio, capture=capture
+        )
+
+    def containers(self, *, all: bool = False) -> list[ContainerRecord]:
+        """``docker ps [-a]``: running containers, or all of them."""
+        records = self.runtime.state.all()
+        out = []
+        for record in records:
+            current = record
+            if record.state.status == "running" and not record.state.running():
+                with contextlib.suppress(RuntimeFailure):
+                    self.runtime.wait(record.id, timeout=0.2)  # records the exit of a dead one
+                    current = self.runtime.state.read(record.id)
+            if all or current.state.running():
+                out.append(current)
+        return out
+
+    def container(self, name: str) -> ContainerRecord:
+        return self.runtime.state.find(name)
+
+    def copy(self, src: str, dest: str) -> None:
+        """``docker cp``: ``CONTAINER:PATH HOSTPATH`` or ``HOSTPATH CONTAINER:PATH``."""
+        from pytest_minidock.runtime.fs import copy_from_container, copy_to_container
+
+        def split(arg: str) -> tuple[str, str] | None:
+            name, sep, path = arg.partition(":")
+            if sep and name and not arg.startswith(("/", ".")):
+                return name, path
+            return None
+
+        left, right = split(src), split(dest)
+        if (left is None) == (right is None):
+            raise UsageError(
+                "copying between containers is not supported; one side of cp must "
+                "be CONTAINER:PATH and the other a host path"
+            )
+        if left is not None:
+            record = self.container(left[0])
+            copy_from_container(record, self.runtime.sys, left[1], Path(dest))
+        else:
+            assert right is not None
+            record = self.container(right[0])
+            copy_to_container(record, self.runtime.sys, Path(src), right[1])
+
+    def commit(
+        self,
+        container: str,
+        reference: str | None = None,
+        *,
+        changes: Sequence[str] = (),
+        message: str = "",
+        author: str = "",
+    ) -> Any:
+        """``docker commit``: the container's changes become a new layer on its image."""
+        from dataclasses import replace as dc_replace
+
+        from pytest_minidock.image.changes import apply_changes
+        from pytest_minidock.image.model import History
+        from pytest_minidock.reference import Reference
+        from pytest_minidock.runtime.fs import commit_exclusions
+        from pytest_minidock.store.layers import layer_from_overlay_upper
+        from pytest_minidock.store.store import now_rfc3339
+
+        record = self.container(container)
+        base = self.store.image(record.config["ImageID"])
+        config = base.config()
+        layers = list(base.manifest().layers)
+        refs = [Reference.parse(reference)] if reference else []
+        tmp = self.store.blobs.temp_path("layer")
+        try:
+            blob = layer_from_overlay_upper(
+                record.dir / "upper", tmp, mtime=None, exclude=commit_exclusions(record)
+            )
+            desc = self.store.add_layer_blob(blob)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        created = now_rfc3339()
+        spec = record.config.get("Spec", {})
+        new_cc = apply_changes(config.config, list(changes)) if changes else config.config
+        new_config = dc_replace(
+            config,
+            diff_ids=(*config.diff_ids, blob.diff_id),
+            config=new_cc,
+            created=created,
+            author=author or config.author,
+            history=(
+                *config.history,
+                History(
+                    created=created,
+                    created_by=" ".join(spec.get("argv", [])),
+                    comment=message,
+                    author=author,
+                ),
+            ),
+        )
+        return self.store.commit_layers(new_config, [*layers, desc], refs)
+
+    def cleanup(self) -> list[str]:
+        """Remove what crashed sessions left behind (see ``Runtime.cleanup_leftovers``)."""
+        return self.runtime.cleanup_leftovers()
+
+    def env_file(self, path: str) -> tuple[str, ...]:
+        from pytest_minidock.spec import parse_env_file
+
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UsageError(f"open {path}: {exc.strerror}") from exc
+        return parse_env_file(text, path, dict(os.environ))

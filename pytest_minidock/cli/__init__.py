@@ -1,0 +1,62 @@
+"""The ``minidock`` command: docker's subcommands and flags, each a small function over the library.
+
+Modules are imported when a subcommand needs them, so ``minidock images`` stays quick to start.
+Exit status: 0 on success, 1 when minidock reports an error (printed as ``Error: …`` on stderr),
+2 for bad command-line usage; ``run``/``exec``/``start -a`` exit with the container's code, and
+with 125/126/127 when it cannot be started (as docker does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pytest_minidock import __version__
+    from pytest_minidock.cli.containers import add_container_commands
+    from pytest_minidock.cli.images import add_image_commands, add_system_commands
+
+    parser = argparse.ArgumentParser(
+        prog="minidock", description="Daemonless containers: docker's commands, no daemon."
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="store root (default: $MINIDOCK_ROOT, /var/lib/minidock for root, "
+        "~/.local/share/minidock otherwise)",
+    )
+    parser.add_argument("--version", action="version", version=f"minidock {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_image_commands(sub)
+    add_container_commands(sub)
+    add_system_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``minidock`` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pytest_minidock.errors import MinidockError
+
+    try:
+        status: int = args.func(args)
+    except MinidockError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", getattr(args, "error_code", 1)))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return 141
+    return status

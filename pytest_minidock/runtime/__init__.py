@@ -1,0 +1,1 @@
+"""The daemonless container runtime: namespaces, mounts, cgroups, processes and on-disk state."""

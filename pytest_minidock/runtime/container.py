@@ -1,0 +1,1147 @@
+"""Container lifecycle: create, start (fork → monitor → PID 1), wait, stop, kill, exec, remove.
+
+Process model, with no daemon::
+
+    owner (pytest, an xdist worker, the CLI)
+      └─ monitor        forked; dies with the owner (PR_SET_PDEATHSIG) unless started detached,
+         │              then it is re-parented to init by a double fork and survives the CLI.
+         │              It copies the container's output into its log, records the exit code,
+         │              removes the cgroup (and the container, with --rm), then exits with the
+         │              container's exit code.
+         └─ PID 1       forked after unshare(CLONE_NEWPID); dies with the monitor. It unshares
+                        mount/UTS/IPC/net/cgroup namespaces, assembles the root filesystem
+                        (overlay, /proc, /dev, …), pivots into it, drops privileges and execs
+                        the payload (or runs the minimal init of ``--init``).
+
+If the owner is killed, even by SIGKILL, the kernel kills the monitor, then PID 1, and with it
+every process of the PID namespace; all mounts lived in the container's private mount namespace
+and vanish with it. What is left on disk (state, cgroup directory) is cleaned by
+``cleanup_leftovers`` on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_minidock.errors import MinidockError, RuntimeFailure, UsageError
+from pytest_minidock.runtime.logs import LogWriter
+from pytest_minidock.runtime.state import (
+    ContainerRecord,
+    ContainerState,
+    Owner,
+    StateDir,
+    new_id,
+    now_iso,
+    process_start_time,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pytest_minidock.runtime._sys import Syscalls
+    from pytest_minidock.runtime.cgroups import Cgroup, CgroupManager
+    from pytest_minidock.spec import ContainerSpec, ResolvedUser
+
+__all__ = ["ExecResult", "Runtime", "Started", "Stdio"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXIT_RUNTIME = 125  # docker: the container could not be created or started
+EXIT_CANNOT_INVOKE = 126  # the command exists but cannot be executed
+EXIT_NOT_FOUND = 127  # the command was not found
+
+
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    """Where a container's standard streams go besides its log.
+
+    ``stdin``: an fd the container reads (None: /dev/null). ``stdout``/``stderr``: fds the monitor
+    copies output to as well (an attached ``run``). ``tty``: give the container a pseudo-terminal;
+    the monitor then copies between it and ``stdin``/``stdout``.
+    """
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+    tty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A container that has just started: its PID 1 and its monitor (pids as the host sees them)."""
+
+    id: str
+    pid: int
+    monitor_pid: int
+    monitor_is_child: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """The outcome of ``exec`` with captured output."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@dataclass
+class _Launch:
+    """Everything the forked processes need, computed before forking (no I/O after fork)."""
+
+    cid: str
+    dir: Path
+    spec: ContainerSpec
+    lowerdirs: tuple[str, ...]
+    user: ResolvedUser
+    env: tuple[str, ...]
+    argv: tuple[str, ...]
+    cgroup: Cgroup | None
+    bound: bool
+    stdio: Stdio
+    auto_remove: bool
+    keep_caps: frozenset[int] | None
+    plan: tuple[Any, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _exit_code(status: int) -> int:
+    """Docker's exit code for a wait status: the code, or 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
+
+
+class Runtime:
+    """Creates and drives containers whose state lives under ``root`` (``root/containers``)."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        syscalls: Syscalls | None = None,
+        cgroups: CgroupManager | None = None,
+        session: str = "",
+    ) -> None:
+        self.root = Path(root)
+        self.state = StateDir(self.root)
+        self._sys = syscalls
+        self._cgroups = cgroups
+        self.session = session
+
+    @property
+    def sys(self) -> Syscalls:
+        if self._sys is None:
+            from pytest_minidock.runtime._sys import LinuxSyscalls
+
+            self._sys = LinuxSyscalls()
+        return self._sys
+
+    @property
+    def cgroups(self) -> CgroupManager:
+        if self._cgroups is None:
+            from pytest_minidock.runtime.cgroups import detect
+
+            self._cgroups = detect()
+        return self._cgroups
+
+    # -- create --------------------------------------------------------------------------------
+    def create(
+        self,
+        spec: ContainerSpec,
+        lowerdirs: Sequence[str | Path],
+        *,
+        name: str | None = None,
+        auto_remove: bool = False,
+        keep: bool = False,
+        detached: bool = False,
+        extra_config: dict[str, Any] | None = None,
+        cid: str | None = None,
+    ) -> ContainerRecord:
+        """Make a container's directory, config and ``created`` state (no process yet)."""
+        cid = cid or new_id()
+        d = self.state.dir(cid)
+        d.mkdir(parents=True)
+        claimed = ""
+        try:
+            if name:
+                self.state.claim_name(name, cid)
+                claimed = name.removeprefix("/")
+            else:
+                claimed = self.state.unique_random_name(cid)
+            for sub in ("upper", "work", "rootfs"):
+                (d / sub).mkdir()
+            (d / "hostname").write_text(spec.hostname + "\n")
+            (d / "hosts").write_text(_hosts_file(spec.hostname, spec.network))
+            (d / "resolv.conf").write_text(_resolv_conf())
+            config = {
+                "Id": cid,
+                "Name": claimed,
+                "Created": now_iso(),
+                "Image": spec.image,
+                "ImageID": spec.image_id,
+                "LowerDirs": [str(p) for p in lowerdirs],
+                "AutoRemove": auto_remove,
+                "Spec": json.loads(spec.to_json()),
+                **(extra_config or {}),
+            }
+            (d / "config.json").write_bytes(json.dumps(config, sort_keys=True).encode())
+            state = ContainerState(
+                status="created",
+                detached=detached,
+                keep=keep,
+                owner=Owner.current(self.session),
+            )
+            self.state.write_state(cid, state)
+        except BaseException:
+            if claimed:
+                self.state.release_name(claimed, cid)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return self.state.read(cid)
+
+    def spec_of(self, record: ContainerRecord) -> ContainerSpec:
+        from pytest_minidock.spec import ContainerSpec
+
+        return ContainerSpec.from_json(json.dumps(record.config["Spec"]).encode())
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self, cid: str, *, stdio: Stdio | None = None, detached: bool = False) -> Started:
+        """Start a created (or exited) container; return once its payload has been exec'd.
+
+        ``detached``: the container survives the calling process (the CLI's ``run -d``/``start``);
+        otherwise it dies with it. Raises ``RuntimeFailure`` (with ``exit_code`` 125/126/127) when
+        the container cannot start.
+        """
+        record = self.state.find(cid)
+        if record.state.running():
+            raise RuntimeFailure(f"container {record.name} is already running")
+        launch = self._prepare(record, stdio or Stdio(), bound=not detached)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(sync_r)
+            os.close(sync_w)
+            raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            os.close(sync_r)
+            self._monitor_entry(launch, sync_w, detached)
+        os.close(sync_w)
+        try:
+            message = _read_all(sync_r)
+        finally:
+            os.close(sync_r)
+        if detached:  # the intermediate child exits at once; the monitor is init's now
+            os.waitpid(pid, 0)
+        started_pid = monitor_pid = 0
+        error: tuple[int, str] | None = None
+        for line in message.decode(errors="replace").splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "P":
+                a, b = rest.split()
+                started_pid, monitor_pid = int(a), int(b)
+            elif kind == "E":
+                code, _, text = rest.partition(" ")
+                error = (int(code), text)
+        if error is not None:
+            if not detached:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            if launch.auto_remove:
+                with contextlib.suppress(MinidockError):
+                    self.remove(cid, force=True)
+            failure = RuntimeFailure(error[1])
+            failure.exit_code = error[0]  # type: ignore[attr-defined]
+            raise failure
+        if not started_pid:
+            raise RuntimeFailure(f"container {record.name} did not start (monitor died)")
+        return Started(cid, started_pid, monitor_pid, monitor_is_child=not detached)
+
+    def _prepare(self, record: ContainerRecord, stdio: Stdio, *, bound: bool) -> _Launch:
+        _preload()
+        assert self.sys is not None  # load libc here, not in every forked child
+        from pytest_minidock.runtime import mounts
+        from pytest_minidock.spec import lookup_in_layers, merge_env, resolve_user
+
+        spec = self.spec_of(record)
+        d = record.dir
+        lowerdirs = tuple(record.config["LowerDirs"])
+        layers = (*lowerdirs, str(d / "upper"))
+        user = resolve_user(spec.user, lambda path: lookup_in_layers(layers, path))
+        env = merge_env(("PATH=" + DEFAULT_PATH, f"HOME={user.home}"), spec.env)
+        limits = _limits(spec)
+        cgroup = self.cgroups.create(record.id, limits)
+        try:
+            binds, tmpfs = self._mounts(spec, record)
+            cfg = mounts.RootfsConfig(
+                rootfs=str(d / "rootfs"),
+                lowerdirs=lowerdirs,
+                upperdir=str(d / "upper"),
+                workdir=str(d / "work"),
+                readonly=spec.read_only,
+                binds=binds,
+                tmpfs=tmpfs,
+                etc_files=(
+                    (str(d / "hosts"), "/etc/hosts"),
+                    (str(d / "hostname"), "/etc/hostname"),
+                    (str(d / "resolv.conf"), "/etc/resolv.conf"),
+                ),
+                workdir_in_container=spec.workdir or "/",
+                privileged=spec.privileged,
+                create_devices=os.geteuid() == 0,
+            )
+            plan = mounts.plan_rootfs(cfg)
+            keep_caps = _capabilities(spec)
+        except BaseException:
+            cgroup.remove()
+            raise
+        return _Launch(
+            cid=record.id,
+            dir=d,
+            spec=spec,
+            lowerdirs=lowerdirs,
+            user=user,
+            env=env,
+            argv=spec.argv,
+            cgroup=cgroup,
+            bound=bound,
+            stdio=stdio,
+            auto_remove=bool(record.config.get("AutoRemove")),
+            keep_caps=keep_caps,
+            plan=plan,
+        )
+
+    def _mounts(self, spec: ContainerSpec, record: ContainerRecord) -> tuple[Any, Any]:
+        from pytest_minidock.runtime import mounts
+
+        binds: list[mounts.BindMount] = []
+        tmpfs: list[mounts.TmpfsMount] = []
+        for m in spec.mounts:
+            if m.kind == "tmpfs":
+                tmpfs.append(mounts.TmpfsMount(m.target, m.options))
+                continue
+            if m.kind == "volume":
+                source = self.volume_path(m.source or f"anon-{record.id[:12]}-{_slug(m.target)}")
+                source.mkdir(parents=True, exist_ok=True)
+            else:
+                source = Path(m.source)
+                if not source.exists():  # docker -v creates a missing host directory
+                    source.mkdir(parents=True)
+            binds.append(mounts.BindMount(str(source), m.target, m.readonly))
+        return tuple(binds), tuple(tmpfs)
+
+    def volume_path(self, name: str) -> Path:
+        """The host directory holding a named volume's data."""
+        return self.state.volumes / name / "_data"
+
+    # -- the forked side -----------------------------------------------------------------------
+    def _monitor_entry(
+        self, launch: _Launch, sync_w: int, detached: bool
+    ) -> None:  # pragma: no cover
+        """First child: becomes the monitor (after a double fork when detached)."""
+        code = 1
+        try:
+            if detached:
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+                null = os.open("/dev/null", os.O_RDWR)
+                for target in (0, 1, 2):
+                    if target not in _stdio_fds(launch.stdio):
+                        os.dup2(null, target)
+                os.close(null)
+            else:
+                self.sys.set_pdeathsig(signal.SIGKILL)
+            code = self._monitor(launch, sync_w)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(sync_w, f"E {EXIT_RUNTIME} {exc}\n".encode())
+            code = EXIT_RUNTIME
+        finally:
+            os._exit(code)
+
+    def _monitor(self, launch: _Launch, sync_w: int) -> int:  # pragma: no cover - child
+        from pytest_minidock.runtime import _sys
+
+        monitor_pid = os.getpid()
+        stdio = launch.stdio
+        tty_master = tty_slave = -1  # tty_slave: the socket PID 1 sends the pty master over
+        out_r = out_w = err_r = err_w = -1
+        if stdio.tty:
+            import socket
+
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            tty_master, tty_slave = a.detach(), b.detach()
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        flags = _sys.CLONE_NEWPID
+        self.sys.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._pid1(
+                    launch,
+                    sync_w=sync_w,
+                    out_w=out_w,
+                    err_w=err_w,
+                    tty_slave=tty_slave,
+                    tty_master=tty_master,
+                    out_r=out_r,
+                    err_r=err_r,
+                )
+            finally:
+                os._exit(EXIT_RUNTIME)
+        for fd in (out_w, err_w, tty_slave):
+            if fd >= 0:
+                os.close(fd)
+        _close_fds_except({0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio)})
+        if stdio.tty:  # receive the pty master PID 1 made in the container's own devpts
+            import socket
+
+            with socket.socket(fileno=tty_master) as sock:
+                _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            tty_master = fds[0] if fds else -1
+        start = process_start_time(pid)
+        self.state.update(
+            launch.cid,
+            status="running",
+            pid=pid,
+            pid_start=start,
+            monitor_pid=monitor_pid,
+            monitor_start=process_start_time(monitor_pid),
+            started_at=now_iso(),
+            finished_at="",
+            exit_code=0,
+            error="",
+            detached=not launch.bound,
+        )
+        os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())
+        os.close(sync_w)
+        log = LogWriter(launch.dir / "log")
+        if stdio.tty:
+            if tty_master >= 0:
+                self._pump_tty(log, tty_master, stdio)
+        else:
+            self._pump(log, out_r, err_r, stdio)
+        _, status = os.waitpid(pid, 0)
+        code = _exit_code(status)
+        log.close()
+        oom = False
+        if launch.cgroup is not None:
+            with contextlib.suppress(Exception):
+                oom = bool(getattr(launch.cgroup.stats(), "oom_kills", 0))
+            with contextlib.suppress(Exception):
+                launch.cgroup.kill_all(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                launch.cgroup.remove()
+        state = self.state.read_state(launch.cid)
+        if state.status != "removing":
+            self.state.update(
+                launch.cid, status="exited", exit_code=code, finished_at=now_iso(), oom_killed=oom
+            )
+        if launch.auto_remove:
+            with contextlib.suppress(Exception):
+                self._remove_files(launch.cid)
+        return code
+
+    def _pump(
+        self, log: LogWriter, out_r: int, err_r: int, stdio: Stdio
+    ) -> None:  # pragma: no cover
+        streams = {out_r: ("stdout", stdio.stdout), err_r: ("stderr", stdio.stderr)}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        while streams:
+            for fd, _ in poller.poll():
+                data = os.read(fd, 65536)
+                if not data:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del streams[fd]
+                    continue
+                name, forward = streams[fd]
+                log.write(name, data)
+                if forward is not None:
+                    with contextlib.suppress(OSError):
+                        _write_all(forward, data)
+
+    def _pump_tty(self, log: LogWriter, master: int, stdio: Stdio) -> None:  # pragma: no cover
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        stdin = stdio.stdin
+        if stdin is not None:
+            poller.register(stdin, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == master:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: every slave fd is closed
+                        data = b""
+                    if not data:
+                        os.close(master)
+                        return
+                    log.write("stdout", data)
+                    if stdio.stdout is not None:
+                        with contextlib.suppress(OSError):
+                            _write_all(stdio.stdout, data)
+                else:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        poller.unregister(fd)
+                        continue
+                    with contextlib.suppress(OSError):
+                        _write_all(master, data)
+
+    def _pid1(
+        self,
+        launch: _Launch,
+        *,
+        sync_w: int,
+        out_w: int,
+        err_w: int,
+        tty_slave: int,
+        tty_master: int,
+        out_r: int,
+        err_r: int,
+    ) -> None:  # pragma: no cover - child
+        """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec."""
+        from pytest_minidock.runtime import _sys, mounts
+
+        sys_ = self.sys
+        code, message = EXIT_RUNTIME, ""
+        try:
+            sys_.set_pdeathsig(signal.SIGKILL)
+            for fd in (out_r, err_r, tty_master):
+                if fd >= 0:
+                    os.close(fd)
+            if launch.cgroup is not None:
+                launch.cgroup.add(os.getpid())
+            spec = launch.spec
+            flags = _sys.CLONE_NEWNS | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC | _sys.CLONE_NEWCGROUP
+            own_net = spec.network != "host"
+            if own_net:
+                flags |= _sys.CLONE_NEWNET
+            sys_.unshare(flags)
+            mounts.apply(launch.plan, sys_)
+            sys_.sethostname(spec.hostname)
+            if own_net:
+                sys_.loopback_up()
+            # standard streams
+            if tty_slave >= 0:  # a terminal from the container's own devpts instance
+                import socket
+
+                master, slave = os.openpty()
+                with socket.socket(fileno=tty_slave) as sock:
+                    socket.send_fds(sock, [b"m"], [master])
+                os.close(master)
+                os.setsid()
+                import fcntl
+                import termios
+
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                fds = (slave, slave, slave)
+            else:
+                stdin = launch.stdio.stdin
+                if stdin is None:
+                    stdin = os.open("/dev/null", os.O_RDONLY)
+                fds = (stdin, out_w, err_w)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target, inheritable=True)
+            code, message = EXIT_NOT_FOUND, ""
+            path = _find_executable(launch.argv[0], launch.env)
+            if path is None:
+                raise _ExecError(
+                    EXIT_NOT_FOUND,
+                    f'exec: "{launch.argv[0]}": executable file not found in $PATH'
+                    if "/" not in launch.argv[0]
+                    else f"exec: {launch.argv[0]}: no such file or directory",
+                )
+            _drop_privileges(sys_, launch.user, launch.keep_caps, spec.privileged)
+            os.closerange(3, sync_w)
+            os.closerange(sync_w + 1, 65536)
+            if spec.init:
+                from pytest_minidock.runtime.init import run_init
+
+                code = run_init(path, launch.argv, launch.env, sync_w)
+                os._exit(code)
+            os.execve(path, list(launch.argv), _env_dict(launch.env))
+        except _ExecError as exc:
+            code, message = exc.code, str(exc)
+        except PermissionError as exc:
+            code, message = EXIT_CANNOT_INVOKE, f"exec: {launch.argv[0]}: permission denied ({exc})"
+        except BaseException as exc:
+            code = EXIT_RUNTIME
+            message = f"cannot start container {launch.spec.image}: {exc}"
+        with contextlib.suppress(OSError):
+            os.write(sync_w, f"E {code} {message}\n".encode())
+        os._exit(code)
+
+    # -- waiting and signals -------------------------------------------------------------------
+    def wait(self, cid: str, timeout: float | None = None) -> int:
+        """Block until the container is not running; return its exit code."""
+        record = self.state.find(cid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = record.state
+        fd = -1
+        if state.status == "running" and state.monitor_alive():
+            with contextlib.suppress(OSError):
+                fd = self.sys.pidfd_open(state.monitor_pid)
+        try:
+            while True:
+                state = self.state.read_state(record.id)
+                self._reap(state)
+                if state.status != "running" or not state.monitor_alive():
+                    if state.status == "running":  # the monitor died without recording an exit
+                        state = self._mark_dead(record.id, state)
+                    return state.exit_code
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise RuntimeFailure(f"timed out waiting for container {record.name}")
+                wait_for = 0.05 if remaining is None else min(0.05, remaining)
+                if fd >= 0:
+                    select.select([fd], [], [], wait_for)
+                else:
+                    time.sleep(wait_for)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _reap(self, state: ContainerState) -> None:
+        """Collect the exit status of a monitor that is our own child (no zombies)."""
+        if state.monitor_pid and state.owner.pid == os.getpid() and not state.detached:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(state.monitor_pid, os.WNOHANG)
+
+    def _mark_dead(self, cid: str, state: ContainerState) -> ContainerState:
+        return self.state.update(
+            cid,
+            status="exited",
+            exit_code=state.exit_code or 137,
+            finished_at=state.finished_at or now_iso(),
+            error=state.error or "the container's monitor process died",
+        )
+
+    def kill(self, cid: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the container's PID 1 (``docker kill -s``)."""
+        record = self.state.find(cid)
+        if not record.state.running():
+            raise RuntimeFailure(f"container {record.name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.state.pid, sig)
+
+    def stop(self, cid: str, timeout: float | None = None) -> int:
+        """Send the stop signal, wait ``timeout`` seconds (the spec's, default 10), then SIGKILL."""
+        record = self.state.find(cid)
+        if not record.state.running():
+            return record.state.exit_code
+        spec = self.spec_of(record)
+        from pytest_minidock.spec import signal_number
+
+        grace = spec.stop_timeout if timeout is None else timeout
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.state.pid, signal_number(spec.stop_signal))
+        try:
+            return self.wait(record.id, timeout=grace)
+        except RuntimeFailure:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.state.pid, signal.SIGKILL)
+        return self.wait(record.id, timeout=30)
+
+    # -- removal -------------------------------------------------------------------------------
+    def remove(self, cid: str, *, force: bool = False, volumes: bool = False) -> str:
+        """``docker rm``: remove a stopped container (``force`` kills a running one first)."""
+        record = self.state.find(cid)
+        if record.state.running():
+            if not force:
+                raise RuntimeFailure(
+                    f"cannot remove container {record.name}: container is running: stop the "
+                    "container before removing or force remove"
+                )
+            self.state.update(record.id, status="removing")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.state.pid, signal.SIGKILL)
+            with contextlib.suppress(RuntimeFailure):
+                self.wait(record.id, timeout=30)
+        self._remove_files(record.id, volumes=volumes)
+        return record.name
+
+    def _remove_files(self, cid: str, *, volumes: bool = False) -> None:
+        d = self.state.dir(cid)
+        try:
+            config = json.loads((d / "config.json").read_bytes())
+        except (OSError, ValueError):
+            config = {}
+        name = config.get("Name", "")
+        if self._cgroups is not None or (d / "state.json").exists():
+            with contextlib.suppress(Exception):
+                self.cgroups.remove_stale(cid)
+        if volumes:
+            for vol in self.state.volumes.glob(f"anon-{cid[:12]}-*"):
+                shutil.rmtree(vol, ignore_errors=True)
+        trash = d.with_name(f".rm-{cid}-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(d, trash)
+        if name:
+            self.state.release_name(name, cid)
+        _rmtree(trash)
+
+    # -- crash recovery ------------------------------------------------------------------------
+    def cleanup_leftovers(self) -> list[str]:
+        """Remove what crashed owners left: containers whose owner is gone, unless kept or
+        detached; mark as exited the ones whose monitor died. Returns the removed IDs."""
+        removed = []
+        for trash in self.state.containers.glob(".rm-*"):
+            _rmtree(trash)
+        for record in self.state.all():
+            state = record.state
+            if state.status == "running" and not state.monitor_alive():
+                state = self._mark_dead(record.id, state)
+                if state.pid and process_start_time(state.pid) == state.pid_start:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(state.pid, signal.SIGKILL)
+            if state.keep or state.detached or state.owner.alive():
+                continue
+            if state.status == "running" and state.monitor_alive():
+                continue
+            with contextlib.suppress(MinidockError, OSError):
+                self._remove_files(record.id, volumes=True)
+                removed.append(record.id)
+        with contextlib.suppress(Exception):
+            known = set(self.state.ids())
+            for orphan in self.cgroups.orphans():
+                if orphan not in known:
+                    self.cgroups.remove_stale(orphan)
+        return removed
+
+    # -- exec ----------------------------------------------------------------------------------
+    def exec(
+        self,
+        cid: str,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        stdio: Stdio | None = None,
+        capture: bool = False,
+        privileged: bool | None = None,
+    ) -> ExecResult:
+        """Run a command inside a running container (setns into its namespaces).
+
+        With ``capture``, stdout and stderr are collected and returned; otherwise they go to
+        ``stdio``'s fds (default: this process's own 0/1/2). Returns the exit code.
+        """
+        from pytest_minidock.spec import lookup_in_layers, merge_env, resolve_user
+
+        _preload()
+        assert self.sys is not None
+        record = self.state.find(cid)
+        if not record.state.running():
+            raise RuntimeFailure(f"container {record.name} is not running")
+        if not argv:
+            raise UsageError("exec needs a command")
+        spec = self.spec_of(record)
+        layers = (*record.config["LowerDirs"], str(record.dir / "upper"))
+        resolved = resolve_user(
+            spec.user if user is None else user, lambda p: lookup_in_layers(layers, p)
+        )
+        full_env = merge_env(("PATH=" + DEFAULT_PATH, f"HOME={resolved.home}"), spec.env)
+        full_env = merge_env(full_env, env)
+        keep_caps = _capabilities(spec)
+        is_priv = spec.privileged if privileged is None else privileged
+        cwd = workdir or spec.workdir or "/"
+        pid1 = record.state.pid
+        ns_fds = {}
+        for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
+            try:
+                ns_fds[ns] = os.open(f"/proc/{pid1}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                for fd in ns_fds.values():
+                    os.close(fd)
+                raise RuntimeFailure(f"cannot enter container {record.name}: {exc}") from exc
+        root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        stdio = stdio or Stdio(stdin=None, stdout=1, stderr=2)
+        out_pipe = err_pipe = None
+        if capture:
+            out_pipe = os.pipe2(os.O_CLOEXEC)
+            err_pipe = os.pipe2(os.O_CLOEXEC)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        master = slave = -1
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = EXIT_RUNTIME
+                try:
+                    self.sys.set_pdeathsig(signal.SIGKILL)
+                    os.close(sync_r)
+                    cgroup_path = _cgroup_procs_of(pid1)
+                    for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
+                        self.sys.setns(ns_fds[ns], 0)
+                    os.fchdir(root_fd)
+                    os.chroot(".")
+                    for p in cgroup_path:
+                        with contextlib.suppress(OSError), open(p, "w") as f:
+                            f.write(str(os.getpid()))
+                    if stdio.tty:  # the container's devpts, so that tty/ttyname work inside
+                        master, slave = os.openpty()
+                    child = os.fork()
+                    if child == 0:
+                        self._exec_child(
+                            argv,
+                            env=full_env,
+                            cwd=cwd,
+                            user=resolved,
+                            keep_caps=keep_caps,
+                            privileged=is_priv,
+                            stdio=stdio,
+                            out_pipe=out_pipe,
+                            err_pipe=err_pipe,
+                            slave=slave,
+                            sync_w=sync_w,
+                        )
+                    os.close(sync_w)
+                    if master >= 0:
+                        os.close(slave)
+                        _copy_tty(master, stdio)
+                    _, status = os.waitpid(child, 0)
+                    code = _exit_code(status)
+                finally:
+                    os._exit(code)
+            os.close(sync_w)
+            sync_w = -1
+            if slave >= 0:
+                os.close(slave)
+                slave = -1
+            out = err = b""
+            if capture:
+                assert out_pipe is not None
+                assert err_pipe is not None
+                os.close(out_pipe[1])
+                os.close(err_pipe[1])
+                out, err = _collect(out_pipe[0], err_pipe[0])
+            message = _read_all(sync_r)
+            _, status = os.waitpid(pid, 0)
+            code = _exit_code(status)
+            if message.startswith(b"E "):
+                ecode, _, text = message[2:].decode(errors="replace").strip().partition(" ")
+                failure = RuntimeFailure(text)
+                failure.exit_code = int(ecode)  # type: ignore[attr-defined]
+                raise failure
+            return ExecResult(code, out, err)
+        finally:
+            for fd in (*ns_fds.values(), root_fd, sync_r, sync_w, master, slave):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            for pair in (out_pipe, err_pipe):
+                if pair is not None:
+                    for fd in pair:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+
+    def _exec_child(
+        self,
+        argv: Sequence[str],
+        *,
+        env: tuple[str, ...],
+        cwd: str,
+        user: ResolvedUser,
+        keep_caps: frozenset[int] | None,
+        privileged: bool,
+        stdio: Stdio,
+        out_pipe: tuple[int, int] | None,
+        err_pipe: tuple[int, int] | None,
+        slave: int,
+        sync_w: int,
+    ) -> None:  # pragma: no cover - child
+        code, message = EXIT_RUNTIME, ""
+        try:
+            if slave >= 0:
+                os.setsid()
+                import fcntl
+                import termios
+
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                fds = (slave, slave, slave)
+            else:
+                stdin = (
+                    stdio.stdin if stdio.stdin is not None else os.open("/dev/null", os.O_RDONLY)
+                )
+                out = out_pipe[1] if out_pipe else (stdio.stdout if stdio.stdout is not None else 1)
+                err = err_pipe[1] if err_pipe else (stdio.stderr if stdio.stderr is not None else 2)
+                fds = (stdin, out, err)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target, inheritable=True)
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                raise _ExecError(
+                    EXIT_CANNOT_INVOKE, f"cannot chdir to {cwd}: {exc.strerror}"
+                ) from exc
+            path = _find_executable(argv[0], env)
+            if path is None:
+                raise _ExecError(
+                    EXIT_NOT_FOUND,
+                    f'exec: "{argv[0]}": executable file not found in $PATH',
+                )
+            _drop_privileges(self.sys, user, keep_caps, privileged)
+            os.closerange(3, sync_w)
+            os.closerange(sync_w + 1, 65536)
+            os.execve(path, list(argv), _env_dict(env))
+        except _ExecError as exc:
+            code, message = exc.code, str(exc)
+        except PermissionError as exc:
+            code, message = EXIT_CANNOT_INVOKE, f"exec: {argv[0]}: permission denied ({exc})"
+        except BaseException as exc:
+            message = f"exec failed: {exc}"
+        with contextlib.suppress(OSError):
+            os.write(sync_w, f"E {code} {message}\n".encode())
+        os._exit(code)
+
+
+def _stdio_fds(stdio: Stdio) -> set[int]:
+    return {fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None}
+
+
+def _close_fds_except(keep: set[int]) -> None:  # pragma: no cover - monitor
+    """Close every inherited descriptor but ``keep`` (the monitor must not pin the owner's
+    pipes, sockets or files, e.g. a ``subprocess`` caller's stdout)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _preload() -> None:
+    """Import, before forking, every module the forked side needs after ``pivot_root`` (from
+    then on the host's Python files are out of reach)."""
+    import fcntl  # noqa: F401
+    import socket  # noqa: F401
+    import struct  # noqa: F401
+    import termios  # noqa: F401
+
+    from pytest_minidock.runtime import init  # noqa: F401
+
+
+class _ExecError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _find_executable(cmd: str, env: Sequence[str]) -> str | None:
+    """Resolve ``cmd`` with the container's PATH, as execvp would (in the container's root)."""
+    if "/" in cmd:
+        return cmd if os.path.exists(cmd) else None
+    path = DEFAULT_PATH
+    for item in env:
+        if item.startswith("PATH="):
+            path = item[5:]
+    for d in path.split(":"):
+        candidate = os.path.join(d or ".", cmd)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    for d in path.split(":"):
+        candidate = os.path.join(d or ".", cmd)
+        if os.path.isfile(candidate):
+            return candidate  # exists but not executable: execve reports EACCES → 126
+    return None
+
+
+def _env_dict(env: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def _drop_privileges(
+    sys_: Syscalls, user: ResolvedUser, keep_caps: frozenset[int] | None, privileged: bool
+) -> None:  # pragma: no cover - child
+    os.setgroups(list(user.groups))
+    os.setresgid(user.gid, user.gid, user.gid)
+    if keep_caps is not None:
+        sys_.drop_capabilities(keep_caps)
+    os.setresuid(user.uid, user.uid, user.uid)
+    if not privileged:
+        sys_.set_no_new_privs()
+
+
+def _capabilities(spec: ContainerSpec) -> frozenset[int] | None:
+    """The capability set the payload keeps (None: all of them, for ``--privileged``)."""
+    from pytest_minidock.runtime._sys import DOCKER_DEFAULT_CAPS, parse_caps
+
+    if spec.privileged:
+        return None
+    caps = set(DOCKER_DEFAULT_CAPS)
+    if spec.cap_add:
+        caps |= parse_caps(spec.cap_add)
+    if spec.cap_drop:
+        caps -= parse_caps(spec.cap_drop)
+    return frozenset(caps)
+
+
+def _limits(spec: ContainerSpec) -> Any:
+    from pytest_minidock.runtime.cgroups import Limits, parse_cpus, parse_memory
+
+    return Limits(
+        memory=parse_memory(spec.memory) if spec.memory else None,
+        cpus=parse_cpus(spec.cpus) if spec.cpus else None,
+        pids=spec.pids_limit,
+    )
+
+
+def _cgroup_procs_of(pid: int) -> list[str]:
+    """The ``cgroup.procs`` files of every hierarchy ``pid`` belongs to (to join them)."""
+    out: list[str] = []
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    mounts = _cgroup_mounts()
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for mount_point, opts in mounts:
+            if (controllers == "" and opts == "cgroup2") or (
+                controllers and set(controllers.split(",")) <= set(opts.split(","))
+            ):
+                out.append(f"{mount_point}{path}/cgroup.procs")
+                break
+    return out
+
+
+def _cgroup_mounts() -> list[tuple[str, str]]:
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _, super_opts = right.split(" ", 2)[0], None, right.split(" ")[-1]
+        mount_point = left.split(" ")[4]
+        if fstype == "cgroup2":
+            out.append((mount_point, "cgroup2"))
+        elif fstype == "cgroup":
+            out.append((mount_point, super_opts))
+    return out
+
+
+def _collect(out_r: int, err_r: int) -> tuple[bytes, bytes]:
+    bufs: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    open_fds = {out_r, err_r}
+    while open_fds:
+        ready, _, _ = select.select(list(open_fds), [], [])
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if data:
+                bufs[fd].append(data)
+            else:
+                open_fds.discard(fd)
+    return b"".join(bufs[out_r]), b"".join(bufs[err_r])
+
+
+def _copy_tty(master: int, stdio: Stdio) -> None:
+    stdin = stdio.stdin
+    fds = [master] + ([stdin] if stdin is not None else [])
+    while True:
+        ready, _, _ = select.select(fds, [], [])
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            _write_all(stdio.stdout if stdio.stdout is not None else 1, data)
+        if stdin is not None and stdin in ready:
+            data = os.read(stdin, 65536)
+            if not data:
+                fds.remove(stdin)
+            else:
+                _write_all(master, data)
+
+
+def _hosts_file(hostname: str, network: str) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "ff00::0\tip6-mcastprefix",
+        "ff02::1\tip6-allnodes",
+        "ff02::2\tip6-allrouters",
+    ]
+    if network != "host":
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def _resolv_conf() -> str:
+    """The host's resolv.conf without loopback resolvers (unreachable from a container)."""
+    try:
+        text = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        text = ""
+    kept = []
+    for line in text.splitlines():
+        parts = line.split()
+        if (
+            parts[:1] == ["nameserver"]
+            and len(parts) > 1
+            and (parts[1].startswith("127.") or parts[1] == "::1")
+        ):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def _slug(path: str) -> str:
+    return path.strip("/").replace("/", "_") or "root"
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o700)
+            func(p)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+def replace_state(state: ContainerState, **changes: Any) -> ContainerState:
+    """A copy of ``state`` with ``changes`` (for tests)."""
+    return replace(state, **changes)

@@ -1,0 +1,194 @@
+"""A container's files from outside: ``cp`` in and out, and what ``commit`` must leave out.
+
+Copies run in a forked helper that sees the container's root exactly as the container does: it
+joins the mount namespace of a running container, or mounts the container's overlay in a private
+mount namespace of its own for a stopped one, then ``chroot``s into it, so that symlinks inside the
+container can never lead outside it. Files cross between the helper and this process as a tar
+stream over a pipe; on the host side they are unpacked by the store's safe extractor into a temp
+directory next to the destination and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import tarfile
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+from pytest_minidock.errors import RuntimeFailure, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pytest_minidock.runtime._sys import Syscalls
+    from pytest_minidock.runtime.state import ContainerRecord
+
+__all__ = ["commit_exclusions", "copy_from_container", "copy_to_container"]
+
+# What the runtime itself may create in a container's upper dir as mount points.
+RUNTIME_STUBS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/proc", "/dev", "/sys")
+
+
+def commit_exclusions(record: ContainerRecord) -> Callable[[str], bool]:
+    """A predicate for ``commit``: True for mount-point stubs the runtime made (empty files or
+    directories, absent from the image) and everything under the container's mount targets."""
+    spec = record.config.get("Spec", {})
+    targets = {m.get("target", "") for m in spec.get("mounts", [])} - {""}
+    stubs = set(RUNTIME_STUBS) | targets
+    lowers = [Path(p) for p in record.config.get("LowerDirs", [])]
+    upper = record.dir / "upper"
+
+    def in_image(path: str) -> bool:
+        return any(os.path.lexists(str(low) + path) for low in lowers)
+
+    def exclude(path: str) -> bool:
+        if path in stubs and not in_image(path):
+            try:
+                st = os.lstat(str(upper) + path)
+            except OSError:
+                return False
+            if stat.S_ISDIR(st.st_mode):
+                return not os.listdir(str(upper) + path)
+            return stat.S_ISREG(st.st_mode) and st.st_size == 0
+        return any(path.startswith(t.rstrip("/") + "/") for t in targets)
+
+    return exclude
+
+
+def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover - child
+    """In a forked helper: see the container's root as ``/``."""
+    from pytest_minidock.runtime import _sys
+
+    if record.state.running():
+        pid1 = record.state.pid
+        root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY)
+        ns_fd = os.open(f"/proc/{pid1}/ns/mnt", os.O_RDONLY)
+        sys_.setns(ns_fd, _sys.CLONE_NEWNS)
+        os.fchdir(root_fd)
+        os.chroot(".")
+        return
+    rootfs = record.dir / "rootfs"
+    sys_.unshare(_sys.CLONE_NEWNS)
+    sys_.mount("none", "/", "", _sys.MS_REC | _sys.MS_PRIVATE, "")
+    lower = ":".join(reversed(record.config["LowerDirs"]))
+    data = f"lowerdir={lower},upperdir={record.dir / 'upper'},workdir={record.dir / 'work'}"
+    sys_.mount("overlay", str(rootfs), "overlay", 0, data)
+    os.chdir(rootfs)
+    os.chroot(".")
+
+
+def _helper(record: ContainerRecord, sys_: Syscalls, work: Callable[[], None]) -> tuple[int, int]:
+    """Fork a helper in the container's view running ``work``; return (pid, error pipe fd)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(err_r)
+            sys_.set_pdeathsig(signal.SIGKILL)
+            _enter(record, sys_)
+            work()
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(err_w, str(exc).encode())
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    return pid, err_r
+
+
+def _finish(pid: int, err_r: int, what: str) -> None:
+    chunks = []
+    while chunk := os.read(err_r, 65536):
+        chunks.append(chunk)
+    os.close(err_r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        message = b"".join(chunks).decode(errors="replace") or f"status {status}"
+        raise RuntimeFailure(f"{what}: {message}")
+
+
+def copy_from_container(record: ContainerRecord, sys_: Syscalls, src: str, dest: Path) -> None:
+    """``docker cp CONTAINER:SRC DEST``: into DEST/basename(SRC) when DEST is a directory, else
+    as DEST (its parent must exist)."""
+    from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
+
+    if not src.startswith("/"):
+        src = "/" + src
+    name = os.path.basename(src.rstrip("/")) or "root"
+    if dest.is_dir():
+        final = dest / name
+    else:
+        if not dest.parent.is_dir():
+            raise UsageError(f"cannot copy to {dest}: no such directory {dest.parent}")
+        final = dest
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+
+    def work() -> None:  # pragma: no cover - child
+        os.close(read_fd)
+        if not os.path.lexists(src):
+            raise FileNotFoundError(f"could not find the file {src} in container {record.name}")
+        with os.fdopen(write_fd, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+            tar.add(src.rstrip("/") or "/", arcname=name)
+
+    pid, err_r = _helper(record, sys_, work)
+    os.close(write_fd)
+    tmp = final.parent / f".minidock-cp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        what = f"cannot copy {record.name}:{src}"
+        policy = ExtractPolicy(devices=False, chown=os.geteuid() == 0, whiteout="xattr")
+        try:
+            with os.fdopen(read_fd, "rb") as stream:
+                extract_layer(cast("BinaryIO", stream), tmp, policy=policy, source=what)
+        except Exception:
+            _finish(pid, err_r, what)  # the helper's own error explains it best
+            raise
+        _finish(pid, err_r, what)
+        got = tmp / name
+        if final.is_dir() and not got.is_dir():
+            raise UsageError(f"cannot overwrite directory {final} with a file")
+        if final.exists() and final.is_dir() and got.is_dir():
+            shutil.copytree(got, final, symlinks=True, dirs_exist_ok=True)
+        else:
+            os.replace(got, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_to_container(record: ContainerRecord, sys_: Syscalls, src: Path, dest: str) -> None:
+    """``docker cp SRC CONTAINER:DEST``: into DEST/basename(SRC) when DEST is a directory in the
+    container, else as DEST."""
+    if not src.exists() and not src.is_symlink():
+        raise UsageError(f"could not find the file {src}")
+    if not dest.startswith("/"):
+        dest = "/" + dest
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+
+    def work() -> None:  # pragma: no cover - child
+        os.close(write_fd)
+        target = dest
+        if os.path.isdir(dest):
+            target = os.path.join(dest, src.name)
+        parent = os.path.dirname(target.rstrip("/")) or "/"
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"no such directory {parent} in container {record.name}")
+        with os.fdopen(read_fd, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                rel = member.name.split("/", 1)
+                member.name = os.path.basename(target) + ("/" + rel[1] if len(rel) > 1 else "")
+                tar.extract(member, parent, filter="tar")
+
+    pid, err_r = _helper(record, sys_, work)
+    os.close(read_fd)
+    try:
+        with os.fdopen(write_fd, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+            tar.add(str(src), arcname=src.name or "root")
+    except BrokenPipeError:
+        pass
+    _finish(pid, err_r, f"cannot copy {src} to {record.name}:{dest}")
