@@ -305,8 +305,10 @@ class Runtime:
         cgroup = self.cgroups.create(record.id, limits)
         try:
             binds, tmpfs = self._mounts(spec, record)
+            use_overlay = self._overlay(record, lowerdirs)
             cfg = mounts.RootfsConfig(
                 rootfs=str(d / "rootfs"),
+                overlay=use_overlay,
                 lowerdirs=lowerdirs,
                 upperdir=str(d / "upper"),
                 workdir=str(d / "work"),
@@ -342,6 +344,19 @@ class Runtime:
             keep_caps=keep_caps,
             plan=plan,
         )
+
+    def _overlay(self, record: ContainerRecord, lowerdirs: tuple[str, ...]) -> bool:
+        """True to mount an overlay; else make sure the rootfs holds a merged copy of the image."""
+        from pytest_minidock.runtime import fallback
+
+        if fallback.overlay_available():
+            return True
+        fallback.warn_once()
+        marker = record.dir / "rootfs.copied"
+        if not marker.exists():
+            fallback.materialize(lowerdirs, record.dir / "rootfs")
+            marker.write_text("")
+        return False
 
     def _mounts(self, spec: ContainerSpec, record: ContainerRecord) -> tuple[Any, Any]:
         from pytest_minidock.runtime import mounts
@@ -725,8 +740,10 @@ class Runtime:
         """Remove what crashed owners left: containers whose owner is gone, unless kept or
         detached; mark as exited the ones whose monitor died. Returns the removed IDs."""
         removed = []
+        crashed = False
         for trash in self.state.containers.glob(".rm-*"):
             _rmtree(trash)
+            crashed = True
         for record in self.state.all():
             state = record.state
             if state.status == "running" and not state.monitor_alive():
@@ -741,11 +758,12 @@ class Runtime:
             with contextlib.suppress(MinidockError, OSError):
                 self._remove_files(record.id, volumes=True)
                 removed.append(record.id)
-        with contextlib.suppress(Exception):
-            known = set(self.state.ids())
-            for orphan in self.cgroups.orphans():
-                if orphan not in known:
-                    self.cgroups.remove_stale(orphan)
+        if removed or crashed:  # a crash mid-removal can leave a cgroup without its container
+            with contextlib.suppress(Exception):
+                known = set(self.state.ids())
+                for orphan in self.cgroups.orphans():
+                    if orphan not in known:
+                        self.cgroups.remove_stale(orphan)
         return removed
 
     # -- exec ----------------------------------------------------------------------------------

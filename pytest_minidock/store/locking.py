@@ -12,8 +12,6 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from filelock import FileLock, Timeout
-
 from pytest_minidock.errors import StoreError
 
 if TYPE_CHECKING:
@@ -29,6 +27,8 @@ DEFAULT_TIMEOUT = 300.0
 @contextmanager
 def exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> Iterator[None]:
     """Hold the exclusive ``filelock`` at ``path`` (created on demand) for the ``with`` body."""
+    from filelock import FileLock, Timeout  # imported on first use: it costs ~30 ms
+
     lock = FileLock(str(path), timeout=timeout, is_singleton=False)
     try:
         lock.acquire()

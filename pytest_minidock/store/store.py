@@ -39,20 +39,18 @@ from pytest_minidock.image.model import (
     Manifest,
     parse_json_object,
 )
-from pytest_minidock.image.validate import validate_image
 from pytest_minidock.reference import Reference, is_image_id_prefix
 from pytest_minidock.store import index as idx
-from pytest_minidock.store.blobio import QueueReader, TeeReader, decompressing
 from pytest_minidock.store.blobs import BlobStore, pid_alive
-from pytest_minidock.store.layers import LayerBlob, compress_tar, copy_tar, open_layer
 from pytest_minidock.store.locking import exclusive, gc_exclusive, gc_shared
 from pytest_minidock.store.paths import StorePaths, default_root
-from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from pytest_minidock.image.protocols import Image
+    from pytest_minidock.store.layers import LayerBlob
+    from pytest_minidock.store.snapshots import ExtractPolicy
 
 __all__ = ["DiskUsage", "ImageRecord", "PruneReport", "Store", "StoreImage", "StoreLayer"]
 
@@ -177,8 +175,17 @@ class Store:
         self.root = self.paths.root
         self.blobs = BlobStore(self.paths.blobs, self.paths.tmp)
         self.index = idx.ImageIndex(self.paths)
-        self.policy = policy or ExtractPolicy.for_current_user()
+        self._policy = policy
         self._ensure_layout()
+
+    @property
+    def policy(self) -> ExtractPolicy:
+        """How snapshots are extracted (devices, ownership, whiteout form) for this user."""
+        if self._policy is None:
+            from pytest_minidock.store.snapshots import ExtractPolicy
+
+            self._policy = ExtractPolicy.for_current_user()
+        return self._policy
 
     # -- layout --------------------------------------------------------------------------------
     def _ensure_layout(self) -> None:
@@ -322,6 +329,8 @@ class Store:
         platform: tuple[str, str] | None = None,
     ) -> ImageRecord:
         """``docker import``: make a one-layer image of a rootfs tar (plain, gzip, bzip2 or xz)."""
+        from pytest_minidock.store.blobio import decompressing
+
         with gc_shared(self.paths.gc_lock):
             layer = self._ingest_layer(decompressing(src, source), source=source, unpack=True)
             created = now_rfc3339()
@@ -448,10 +457,15 @@ class Store:
         return mt.OCI_LAYER_GZIP if self.compression == "gzip" else mt.OCI_LAYER
 
     def _write_tar(self, src: BinaryIO, out: Path) -> LayerBlob:
+        from pytest_minidock.store.layers import compress_tar, copy_tar
+
         return compress_tar(src, out) if self.compression == "gzip" else copy_tar(src, out)
 
     def _ingest_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool) -> LayerBlob:
         """Compress, hash and (optionally) unpack a tar stream in one pass; publish both."""
+        from pytest_minidock.store.blobio import QueueReader, TeeReader
+        from pytest_minidock.store.snapshots import extract_layer
+
         tmp_blob = self.blobs.temp_path("layer")
         if not unpack:
             try:
@@ -513,6 +527,9 @@ class Store:
         final = self.paths.snapshots / diff_id.hex
         if (final / "fs").is_dir():
             return final / "fs"
+        from pytest_minidock.store.layers import open_layer
+        from pytest_minidock.store.snapshots import extract_layer
+
         if layer is None:
             layer = self._find_layer(diff_id)
         with (
@@ -689,6 +706,8 @@ class Store:
 
     def check(self, *, deep: bool = True) -> list[str]:
         """Validate the whole store: index, every image, snapshots. Empty list = consistent."""
+        from pytest_minidock.image.validate import validate_image
+
         problems: list[str] = []
         try:
             entries = self.index.read()

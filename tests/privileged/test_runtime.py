@@ -359,3 +359,20 @@ def test_cli_run_ps_logs_stop_rm(runtime_root: Path) -> None:
     finally:
         cli("rm", "-f", cid)
     assert "cli-test" not in cli("ps", "-a").stdout
+
+
+def test_without_overlayfs_containers_get_a_copy_and_say_so(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_minidock.runtime import fallback
+
+    monkeypatch.setenv("MINIDOCK_OVERLAY", "off")
+    monkeypatch.setattr(fallback, "_warned", False)
+    lower = engine.store.lowerdirs("busybox")[0]
+    code, out, _ = run(
+        engine, "busybox", "sh", "-c", "echo x > /etc/new; rm /bin/ls; grep -c overlay /proc/mounts"
+    )
+    assert (code, out.strip()) == (1, "0")  # grep -c: no overlay mount at all
+    assert "overlayfs is not available" in capsys.readouterr().err
+    assert (lower / "bin" / "ls").exists()
+    assert not (lower / "etc" / "new").exists()

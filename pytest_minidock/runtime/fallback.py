@@ -1,0 +1,128 @@
+"""Root filesystems without overlayfs: copy the image's layers into a plain directory.
+
+Used only where the kernel has no overlayfs (or ``MINIDOCK_OVERLAY=off`` asks for it): each
+container then gets its own merged copy of the image, made once when it first starts. It costs
+disk and start time, so the runtime says so once per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_minidock.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["materialize", "overlay_available", "warn_once"]
+
+_WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+_warned = False
+_available: bool | None = None
+
+
+def overlay_available() -> bool:
+    """Whether overlay mounts can be used (``MINIDOCK_OVERLAY=off`` forces the fallback)."""
+    global _available
+    if os.environ.get("MINIDOCK_OVERLAY", "").lower() in ("off", "0", "no", "false"):
+        return False
+    if _available is None:
+        try:
+            fs = Path("/proc/filesystems").read_text()
+        except OSError:
+            fs = ""
+        _available = any(line.split()[-1:] == ["overlay"] for line in fs.splitlines())
+        if not _available and Path("/sys/module/overlay").exists():
+            _available = True
+    return _available
+
+
+def warn_once() -> None:
+    """Tell the user, once per process, that containers are copies instead of overlays."""
+    global _warned
+    if not _warned:
+        _warned = True
+        print(
+            "minidock: overlayfs is not available here, so each container gets a full copy of "
+            "its image (slower start, more disk); load the overlay module (modprobe overlay) "
+            "to avoid this",
+            file=sys.stderr,
+        )
+
+
+def _xattr(path: str, names: Sequence[str]) -> bytes | None:
+    for name in names:
+        with contextlib.suppress(OSError):
+            return os.getxattr(path, name, follow_symlinks=False)
+    return None
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _copy_meta(src_st: os.stat_result, dst: str) -> None:
+    if os.geteuid() == 0:
+        os.lchown(dst, src_st.st_uid, src_st.st_gid)
+    if not stat.S_ISLNK(src_st.st_mode):
+        os.chmod(dst, stat.S_IMODE(src_st.st_mode))
+    os.utime(dst, ns=(src_st.st_atime_ns, src_st.st_mtime_ns), follow_symlinks=False)
+
+
+def _apply_layer(layer: str, dest: str) -> None:
+    dirs: list[tuple[os.stat_result, str]] = []
+    for dirpath, dirnames, filenames in os.walk(layer):
+        rel = os.path.relpath(dirpath, layer)
+        target_dir = dest if rel == "." else os.path.join(dest, rel)
+        for name in [*dirnames, *filenames]:
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(target_dir, name)
+            st = os.lstat(src)
+            whiteout = (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0) or (
+                stat.S_ISREG(st.st_mode) and _xattr(src, _WHITEOUT_XATTRS) is not None
+            )
+            if whiteout:
+                _remove(dst)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if os.path.lexists(dst) and not (os.path.isdir(dst) and not os.path.islink(dst)):
+                    _remove(dst)
+                if _xattr(src, _OPAQUE_XATTRS) == b"y" and os.path.isdir(dst):
+                    shutil.rmtree(dst)
+                os.makedirs(dst, exist_ok=True)
+                dirs.append((st, dst))
+                continue
+            _remove(dst)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(src, dst, follow_symlinks=False)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(dst)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                os.mknod(dst, st.st_mode, st.st_rdev)
+            else:
+                continue
+            _copy_meta(st, dst)
+    for st, d in reversed(dirs):  # directories last, so their times stick
+        _copy_meta(st, d)
+
+
+def materialize(lowerdirs: Sequence[str], dest: Path) -> None:
+    """Merge image snapshots (base first, overlay whiteout form) into the empty dir ``dest``."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for layer in lowerdirs:
+            _apply_layer(layer, str(dest))
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot copy the image into {dest}: {exc}") from exc
