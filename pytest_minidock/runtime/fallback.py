@@ -24,31 +24,33 @@ __all__ = ["materialize", "overlay_available", "warn_once"]
 
 _WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
-_warned = False
-_available: bool | None = None
+
+
+class _Once:
+    """What this process already found out or said."""
+
+    warned = False
+    available: bool | None = None
 
 
 def overlay_available() -> bool:
     """Whether overlay mounts can be used (``MINIDOCK_OVERLAY=off`` forces the fallback)."""
-    global _available
     if os.environ.get("MINIDOCK_OVERLAY", "").lower() in ("off", "0", "no", "false"):
         return False
-    if _available is None:
+    if _Once.available is None:
         try:
             fs = Path("/proc/filesystems").read_text()
         except OSError:
             fs = ""
-        _available = any(line.split()[-1:] == ["overlay"] for line in fs.splitlines())
-        if not _available and Path("/sys/module/overlay").exists():
-            _available = True
-    return _available
+        found = any(line.split()[-1:] == ["overlay"] for line in fs.splitlines())
+        _Once.available = found or Path("/sys/module/overlay").exists()
+    return _Once.available
 
 
 def warn_once() -> None:
     """Tell the user, once per process, that containers are copies instead of overlays."""
-    global _warned
-    if not _warned:
-        _warned = True
+    if not _Once.warned:
+        _Once.warned = True
         print(
             "minidock: overlayfs is not available here, so each container gets a full copy of "
             "its image (slower start, more disk); load the overlay module (modprobe overlay) "

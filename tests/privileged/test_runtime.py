@@ -367,7 +367,7 @@ def test_without_overlayfs_containers_get_a_copy_and_say_so(
     from pytest_minidock.runtime import fallback
 
     monkeypatch.setenv("MINIDOCK_OVERLAY", "off")
-    monkeypatch.setattr(fallback, "_warned", False)
+    monkeypatch.setattr(fallback._Once, "warned", False)
     lower = engine.store.lowerdirs("busybox")[0]
     code, out, _ = run(
         engine, "busybox", "sh", "-c", "echo x > /etc/new; rm /bin/ls; grep -c overlay /proc/mounts"
