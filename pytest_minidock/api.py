@@ -99,8 +99,10 @@ class Engine:
 
         overrides = overrides or Overrides()
         record = self.store.resolve(image)
-        img = self.store.image(str(record.manifest.digest))
-        lowerdirs = [str(p) for p in self.store.lowerdirs(str(record.manifest.digest))]
+        img = self.store.image_of(record)
+        lowerdirs = [
+            str(self.store.snapshot(layer.diff_id, layer.descriptor)) for layer in img.layers()
+        ]
         cid = new_id()
         spec = make_spec(image, str(record.id), img.config(), overrides, default_hostname=cid[:12])
         return self.runtime.create(

@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _overrides(args, engine),
         name=args.name,
         auto_remove=args.rm,
+        keep=not args.rm,  # docker keeps it until ``rm``, even after the CLI has exited
         detached=args.detach,
     )
     if args.detach:
@@ -125,7 +126,12 @@ def cmd_create(args: argparse.Namespace) -> int:
     engine = _engine(args)
     engine.cleanup()
     record = engine.create(
-        args.image, _overrides(args, engine), name=args.name, auto_remove=args.rm, detached=True
+        args.image,
+        _overrides(args, engine),
+        name=args.name,
+        auto_remove=args.rm,
+        keep=not args.rm,  # survives ``start -a`` and the CLI's exit until ``rm``
+        detached=True,
     )
     print(record.id)
     return 0

@@ -293,6 +293,10 @@ class Store:
             Reference.parse(text)  # raise the parse error: the text was neither a name nor an ID
         raise ImageNotFound(f"no such image: {text}")
 
+    def image_of(self, record: ImageRecord) -> StoreImage:
+        """The ``Image`` of a record ``resolve`` returned."""
+        return StoreImage(self, record.manifest)
+
     def image(self, text: str) -> StoreImage:
         """The ``Image`` for a name or ID."""
         return StoreImage(self, self.resolve(text).manifest)
