@@ -192,8 +192,12 @@ class Engine:
     def container(self, name: str) -> ContainerRecord:
         return self.runtime.state.find(name)
 
-    def copy(self, src: str, dest: str) -> None:
-        """``docker cp``: ``CONTAINER:PATH HOSTPATH`` or ``HOSTPATH CONTAINER:PATH``."""
+    def copy(self, src: str, dest: str, *, archive: bool = False) -> None:
+        """``docker cp [-a]``: ``CONTAINER:PATH HOSTPATH`` or ``HOSTPATH CONTAINER:PATH``.
+
+        Copies belong to the user at the destination (root in a container, the caller on the
+        host); ``archive`` keeps the source's uid/gid instead.
+        """
         from pytest_minidock.runtime.fs import copy_from_container, copy_to_container
 
         def split(arg: str) -> tuple[str, str] | None:
@@ -210,11 +214,11 @@ class Engine:
             )
         if left is not None:
             record = self.container(left[0])
-            copy_from_container(record, self.runtime.sys, left[1], Path(dest))
+            copy_from_container(record, self.runtime.sys, left[1], Path(dest), archive=archive)
         else:
             assert right is not None
             record = self.container(right[0])
-            copy_to_container(record, self.runtime.sys, Path(src), right[1])
+            copy_to_container(record, self.runtime.sys, Path(src), right[1], archive=archive)
 
     def commit(
         self,
@@ -236,6 +240,11 @@ class Engine:
         from pytest_minidock.store.store import now_rfc3339
 
         record = self.container(container)
+        if (record.dir / "rootfs.copied").exists():
+            raise UsageError(
+                f"cannot commit container {record.name}: it runs on a plain copy of its image "
+                "(no overlayfs), so its changes are not kept apart from the image"
+            )
         base = self.store.image(record.config["ImageID"])
         config = base.config()
         layers = list(base.manifest().layers)

@@ -41,7 +41,8 @@ def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
         labels[key] = value
     return Overrides(
         command=tuple(args.command) if args.command else None,
-        entrypoint=None if args.entrypoint is None else tuple(args.entrypoint.split() or ()),
+        # docker takes the whole string as the program: "--entrypoint 'a b'" runs "a b"
+        entrypoint=None if args.entrypoint is None else (args.entrypoint,),
         env=tuple(env),
         workdir=args.workdir,
         user=args.user,
@@ -348,8 +349,17 @@ def container_inspect(engine: Engine, record: ContainerRecord) -> dict[str, Any]
             "CapAdd": spec.get("cap_add") or None,
             "CapDrop": spec.get("cap_drop") or None,
             "PidsLimit": spec.get("pids_limit"),
+            "Memory": _memory_bytes(spec.get("memory")),
+            "NanoCpus": _nano_cpus(spec.get("cpus")),
+            "Binds": _raw_binds(spec) or None,
+            "Tmpfs": {
+                m["target"]: m.get("options", "")
+                for m in spec.get("mounts", [])
+                if m.get("kind") == "tmpfs"
+            }
+            or None,
         },
-        "Mounts": spec.get("mounts", []),
+        "Mounts": _docker_mounts(engine, record),
         "Config": {
             "Hostname": spec.get("hostname", ""),
             "User": spec.get("user", ""),
@@ -372,6 +382,70 @@ def container_inspect(engine: Engine, record: ContainerRecord) -> dict[str, Any]
         },
         "LogPath": str(record.dir / "log"),
     }
+
+
+def _memory_bytes(text: str | None) -> int:
+    from pytest_minidock.runtime.cgroups import parse_memory
+
+    with contextlib.suppress(_errors()):
+        return parse_memory(text) if text else 0
+    return 0
+
+
+def _nano_cpus(text: str | None) -> int:
+    from pytest_minidock.runtime.cgroups import parse_cpus
+
+    with contextlib.suppress(_errors()):
+        return round(parse_cpus(text) * 1e9) if text else 0
+    return 0
+
+
+def _raw_binds(spec: dict[str, Any]) -> list[str]:
+    """``HostConfig.Binds``: the ``-v`` specs of bind mounts and named volumes."""
+    out = []
+    for m in spec.get("mounts", []):
+        if m.get("kind") in ("bind", "volume") and m.get("source"):
+            out.append(f"{m['source']}:{m['target']}" + (":ro" if m.get("readonly") else ""))
+    return out
+
+
+def _anonymous_volume(cid: str, target: str) -> str:
+    """The name the runtime gives a container's anonymous volume at ``target``."""
+    return f"anon-{cid[:12]}-{target.strip('/').replace('/', '_') or 'root'}"
+
+
+def _docker_mounts(engine: Engine, record: ContainerRecord) -> list[dict[str, Any]]:
+    """``Mounts`` as docker shows them: binds and volumes (``--tmpfs`` is in ``HostConfig``)."""
+    out: list[dict[str, Any]] = []
+    for m in record.config.get("Spec", {}).get("mounts", []):
+        kind, target = m.get("kind"), m.get("target", "")
+        rw = not m.get("readonly", False)
+        if kind == "bind":
+            out.append(
+                {
+                    "Type": "bind",
+                    "Source": m.get("source", ""),
+                    "Destination": target,
+                    "Mode": "" if rw else "ro",
+                    "RW": rw,
+                    "Propagation": "rprivate",
+                }
+            )
+        elif kind == "volume":
+            name = m.get("source") or _anonymous_volume(record.id, target)
+            out.append(
+                {
+                    "Type": "volume",
+                    "Name": name,
+                    "Source": str(engine.runtime.volume_path(name)),
+                    "Destination": target,
+                    "Driver": "local",
+                    "Mode": "z" if m.get("source") else "",
+                    "RW": rw,
+                    "Propagation": "",
+                }
+            )
+    return out
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -442,7 +516,7 @@ def _processes_in(pid1: int) -> list[tuple[int, int, int, str]]:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    _engine(args).copy(args.src, args.dest)
+    _engine(args).copy(args.src, args.dest, archive=args.archive)
     return 0
 
 
@@ -484,6 +558,14 @@ def cmd_volume(args: argparse.Namespace) -> int:
                 print(f"Error: no such volume: {name}", file=sys.stderr)
                 status = 1
                 continue
+            users = _volume_users(engine, name)
+            if users:
+                print(
+                    f"Error: remove {name}: volume is in use - [{', '.join(users)}]",
+                    file=sys.stderr,
+                )
+                status = 1
+                continue
             shutil.rmtree(vols / name)
             print(name)
         return status
@@ -497,6 +579,20 @@ def cmd_volume(args: argparse.Namespace) -> int:
             out.append({"Driver": "local", "Name": name, "Mountpoint": str(path), "Scope": "local"})
         print(json.dumps(out, indent=4))
     return 0
+
+
+def _volume_users(engine: Engine, name: str) -> list[str]:
+    """The IDs of the containers (in any state) that mount volume ``name``, as docker refuses to
+    remove a volume in use."""
+    users = []
+    for record in engine.runtime.state.all():
+        for m in record.config.get("Spec", {}).get("mounts", []):
+            if m.get("kind") != "volume":
+                continue
+            if (m.get("source") or _anonymous_volume(record.id, m.get("target", ""))) == name:
+                users.append(record.id)
+                break
+    return users
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -602,6 +698,7 @@ def add_container_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("cp", help="copy files between a container and the host")
+    p.add_argument("-a", "--archive", action="store_true", help="keep the source's uid/gid")
     p.add_argument("src", help="CONTAINER:SRC_PATH or a host path")
     p.add_argument("dest", help="a host path or CONTAINER:DEST_PATH")
     p.set_defaults(func=cmd_cp)

@@ -181,6 +181,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _go_text(value: Any) -> str:
+    """A value as Go's text/template prints it (``true``, ``[a b]``, ``map[k:v]``)."""
+    if value is None:
+        return "<no value>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_text(v)}" for k, v in sorted(value.items())) + "]"
+    return str(value)
+
+
 def format_template(template: str, obj: dict[str, Any]) -> str:
     """A tiny subset of Go templates: ``{{.Field}}``, ``{{.A.B}}`` and ``{{json .Field}}``."""
     import re
@@ -194,9 +207,9 @@ def format_template(template: str, obj: dict[str, Any]) -> str:
         value: Any = obj
         for part in filter(None, path[1:].split(".")):
             value = value.get(part) if isinstance(value, dict) else None
-        if as_json or isinstance(value, (dict, list)):
+        if as_json:
             return json.dumps(value)
-        return "<no value>" if value is None else str(value)
+        return _go_text(value)
 
     return re.sub(r"\{\{(.*?)\}\}", sub, template)
 

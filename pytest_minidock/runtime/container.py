@@ -643,6 +643,9 @@ class Runtime:
                 state = self.state.read_state(record.id)
                 self._reap(state)
                 if state.status != "running" or not state.monitor_alive():
+                    # The monitor may have recorded the exit and gone between our read and our
+                    # liveness check: read again before calling it dead.
+                    state = self.state.read_state(record.id)
                     if state.status == "running":  # the monitor died without recording an exit
                         state = self._mark_dead(record.id, state)
                     return state.exit_code
@@ -665,13 +668,20 @@ class Runtime:
                 os.waitpid(state.monitor_pid, os.WNOHANG)
 
     def _mark_dead(self, cid: str, state: ContainerState) -> ContainerState:
-        return self.state.update(
-            cid,
-            status="exited",
-            exit_code=state.exit_code or 137,
-            finished_at=state.finished_at or now_iso(),
-            error=state.error or "the container's monitor process died",
-        )
+        """Record the exit of a container whose monitor died without recording it."""
+        with self.state.locked(cid):
+            current = self.state.read_state(cid)
+            if current.status != "running" or current.monitor_alive():
+                return current  # recorded meanwhile, or not dead after all
+            current = replace(
+                current,
+                status="exited",
+                exit_code=current.exit_code or 137,
+                finished_at=current.finished_at or now_iso(),
+                error=current.error or "the container's monitor process died",
+            )
+            self.state.write_state(cid, current)
+            return current
 
     def kill(self, cid: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the container's PID 1 (``docker kill -s``)."""
@@ -742,12 +752,18 @@ class Runtime:
     # -- crash recovery ------------------------------------------------------------------------
     def cleanup_leftovers(self) -> list[str]:
         """Remove what crashed owners left: containers whose owner is gone, unless kept or
-        detached; mark as exited the ones whose monitor died. Returns the removed IDs."""
+        detached; mark as exited the ones whose monitor died. Returns the removed IDs.
+
+        Only this root's containers are touched: cgroups are machine-wide, and a group named
+        for a container this root does not know may belong to another root's live container.
+        """
         removed = []
-        crashed = False
         for trash in self.state.containers.glob(".rm-*"):
+            cid = trash.name.split("-")[1] if trash.name.count("-") >= 2 else ""
+            if cid:  # a crash mid-removal: its cgroup may be left too
+                with contextlib.suppress(Exception):
+                    self.cgroups.remove_stale(cid)
             _rmtree(trash)
-            crashed = True
         for record in self.state.all():
             state = record.state
             if state.status == "running" and not state.monitor_alive():
@@ -762,12 +778,6 @@ class Runtime:
             with contextlib.suppress(MinidockError, OSError):
                 self._remove_files(record.id, volumes=True)
                 removed.append(record.id)
-        if removed or crashed:  # a crash mid-removal can leave a cgroup without its container
-            with contextlib.suppress(Exception):
-                known = set(self.state.ids())
-                for orphan in self.cgroups.orphans():
-                    if orphan not in known:
-                        self.cgroups.remove_stale(orphan)
         return removed
 
     # -- exec ----------------------------------------------------------------------------------
@@ -831,14 +841,14 @@ class Runtime:
                 try:
                     self.sys.set_pdeathsig(signal.SIGKILL)
                     os.close(sync_r)
-                    cgroup_path = _cgroup_procs_of(pid1)
+                    # Join the container's cgroups while the host's /sys/fs/cgroup is visible.
+                    for p in _cgroup_procs_of(pid1):
+                        with contextlib.suppress(OSError), open(p, "w") as f:
+                            f.write(str(os.getpid()))
                     for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
                         self.sys.setns(ns_fds[ns], 0)
                     os.fchdir(root_fd)
                     os.chroot(".")
-                    for p in cgroup_path:
-                        with contextlib.suppress(OSError), open(p, "w") as f:
-                            f.write(str(os.getpid()))
                     if stdio.tty:  # the container's devpts, so that tty/ttyname work inside
                         master, slave = os.openpty()
                     child = os.fork()

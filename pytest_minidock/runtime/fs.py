@@ -35,15 +35,48 @@ RUNTIME_STUBS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/proc", "/d
 
 def commit_exclusions(record: ContainerRecord) -> Callable[[str], bool]:
     """A predicate for ``commit``: True for mount-point stubs the runtime made (empty files or
-    directories, absent from the image) and everything under the container's mount targets."""
+    directories, absent from the image), everything under the container's mount targets, and
+    an image directory (``/etc``) that was only copied up to hold such stubs."""
     spec = record.config.get("Spec", {})
     targets = {m.get("target", "") for m in spec.get("mounts", [])} - {""}
     stubs = set(RUNTIME_STUBS) | targets
-    lowers = [Path(p) for p in record.config.get("LowerDirs", [])]
+    ancestors = {os.path.dirname(s) for s in stubs} - {"/", ""}
+    for a in list(ancestors):
+        while (a := os.path.dirname(a)) not in ("/", ""):
+            ancestors.add(a)
+    # LowerDirs lists the image's layers bottom first: the last one that has a path wins.
+    lowers = [Path(p) for p in reversed(record.config.get("LowerDirs", []))]
     upper = record.dir / "upper"
 
     def in_image(path: str) -> bool:
         return any(os.path.lexists(str(low) + path) for low in lowers)
+
+    def image_stat(path: str) -> os.stat_result | None:
+        for low in lowers:
+            with contextlib.suppress(OSError):
+                return os.lstat(str(low) + path)
+        return None
+
+    def only_holds_stubs(path: str) -> bool:
+        """A directory of the image, copied up unchanged, whose upper entries are all stubs."""
+        try:
+            st = os.lstat(str(upper) + path)
+            children = os.listdir(str(upper) + path)
+        except OSError:
+            return False
+        low = image_stat(path)
+        if (
+            not children
+            or low is None
+            or not stat.S_ISDIR(st.st_mode)
+            or not stat.S_ISDIR(low.st_mode)
+            or (st.st_mode, st.st_uid, st.st_gid) != (low.st_mode, low.st_uid, low.st_gid)
+        ):
+            return False
+        with contextlib.suppress(OSError):
+            if os.getxattr(str(upper) + path, "trusted.overlay.opaque") == b"y":
+                return False
+        return all(exclude(f"{path}/{child}") for child in children)
 
     def exclude(path: str) -> bool:
         if path in stubs and not in_image(path):
@@ -54,6 +87,8 @@ def commit_exclusions(record: ContainerRecord) -> Callable[[str], bool]:
             if stat.S_ISDIR(st.st_mode):
                 return not os.listdir(str(upper) + path)
             return stat.S_ISREG(st.st_mode) and st.st_size == 0
+        if path in ancestors:
+            return only_holds_stubs(path)
         return any(path.startswith(t.rstrip("/") + "/") for t in targets)
 
     return exclude
@@ -72,6 +107,10 @@ def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover
         os.chroot(".")
         return
     rootfs = record.dir / "rootfs"
+    if (record.dir / "rootfs.copied").exists():  # no overlayfs: the rootfs is a plain copy
+        os.chdir(rootfs)
+        os.chroot(".")
+        return
     sys_.unshare(_sys.CLONE_NEWNS)
     sys_.mount("none", "/", "", _sys.MS_REC | _sys.MS_PRIVATE, "")
     lower = ":".join(reversed(record.config["LowerDirs"]))
@@ -113,9 +152,12 @@ def _finish(pid: int, err_r: int, what: str) -> None:
         raise RuntimeFailure(f"{what}: {message}")
 
 
-def copy_from_container(record: ContainerRecord, sys_: Syscalls, src: str, dest: Path) -> None:
+def copy_from_container(
+    record: ContainerRecord, sys_: Syscalls, src: str, dest: Path, *, archive: bool = False
+) -> None:
     """``docker cp CONTAINER:SRC DEST``: into DEST/basename(SRC) when DEST is a directory, else
-    as DEST (its parent must exist)."""
+    as DEST (its parent must exist). The copies belong to the calling user, as docker's do,
+    unless ``archive`` (``cp -a``) keeps the container's uid/gid (root only)."""
     from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 
     if not src.startswith("/"):
@@ -142,7 +184,7 @@ def copy_from_container(record: ContainerRecord, sys_: Syscalls, src: str, dest:
     tmp.mkdir()
     try:
         what = f"cannot copy {record.name}:{src}"
-        policy = ExtractPolicy(devices=False, chown=os.geteuid() == 0, whiteout="xattr")
+        policy = ExtractPolicy(devices=False, chown=archive and os.geteuid() == 0, whiteout="xattr")
         try:
             with os.fdopen(read_fd, "rb") as stream:
                 extract_layer(cast("BinaryIO", stream), tmp, policy=policy, source=what)
@@ -161,9 +203,12 @@ def copy_from_container(record: ContainerRecord, sys_: Syscalls, src: str, dest:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def copy_to_container(record: ContainerRecord, sys_: Syscalls, src: Path, dest: str) -> None:
+def copy_to_container(
+    record: ContainerRecord, sys_: Syscalls, src: Path, dest: str, *, archive: bool = False
+) -> None:
     """``docker cp SRC CONTAINER:DEST``: into DEST/basename(SRC) when DEST is a directory in the
-    container, else as DEST."""
+    container, else as DEST. The copies belong to root in the container, as docker's do, unless
+    ``archive`` (``cp -a``) keeps the host's uid/gid; modes are kept either way."""
     if not src.exists() and not src.is_symlink():
         raise UsageError(f"could not find the file {src}")
     if not dest.startswith("/"):
@@ -178,11 +223,24 @@ def copy_to_container(record: ContainerRecord, sys_: Syscalls, src: Path, dest: 
         parent = os.path.dirname(target.rstrip("/")) or "/"
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"no such directory {parent} in container {record.name}")
+        top = os.path.basename(target.rstrip("/"))
+
+        def renamed(name: str) -> str:
+            rel = name.split("/", 1)
+            return top + ("/" + rel[1] if len(rel) > 1 else "")
+
         with os.fdopen(read_fd, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                rel = member.name.split("/", 1)
-                member.name = os.path.basename(target) + ("/" + rel[1] if len(rel) > 1 else "")
-                tar.extract(member, parent, filter="tar")
+                # Our own tar of the host path, unpacked inside the container's root: its names
+                # are relative and cannot leave it, so keep modes (the "tar" filter would drop
+                # setuid and group/other write bits).
+                member.name = renamed(member.name)
+                if member.islnk():
+                    member.linkname = renamed(member.linkname)
+                if not archive:
+                    member.uid = member.gid = 0
+                member.uname = member.gname = ""
+                tar.extract(member, parent, filter="fully_trusted", numeric_owner=True)
 
     pid, err_r = _helper(record, sys_, work)
     os.close(read_fd)

@@ -62,6 +62,10 @@ def read_logs(path: Path, *, tail: int | None = None) -> list[LogRecord]:
         raw = path.read_bytes()
     except FileNotFoundError:
         return []
+    return _records(raw, tail)
+
+
+def _records(raw: bytes, tail: int | None) -> list[LogRecord]:
     records = [r for r in (_parse(line) for line in raw.splitlines()) if r is not None]
     if tail is None:
         return records
@@ -77,12 +81,17 @@ def read_logs(path: Path, *, tail: int | None = None) -> list[LogRecord]:
 def follow(
     path: Path, *, still_running: Callable[[], bool], poll: float = 0.05, tail: int | None = None
 ) -> Iterator[LogRecord]:
-    """Yield existing records, then new ones as they are written, until the container stops."""
-    yield from read_logs(path, tail=tail)
+    """Yield existing records, then new ones as they are written, until the container stops.
+
+    The log is read from one offset on: a record is neither lost nor repeated when the monitor
+    appends while the existing ones are read, and a half-written last line waits for its end.
+    """
     try:
-        offset = path.stat().st_size
+        raw = path.read_bytes()
     except FileNotFoundError:
-        offset = 0
+        raw = b""
+    offset = raw.rfind(b"\n") + 1  # complete lines only
+    yield from _records(raw[:offset], tail)
     pending = b""
     while True:
         running = still_running()

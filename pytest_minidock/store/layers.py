@@ -128,8 +128,11 @@ def layer_from_diff(
     *,
     mtime: MtimeArg = MTIME_FROM_ENV,
     compresslevel: int = DEFAULT_COMPRESSLEVEL,
+    exclude: Callable[[str], bool] | None = None,
 ) -> LayerBlob:
     """Write the changes that turn ``lower`` into ``upper`` as a gzip layer to ``out``.
+
+    ``exclude`` drops entries by their path as the container sees it (``/etc/hosts``).
 
     New and changed entries are emitted with the metadata they have in ``upper``, together with
     every ancestor directory (as docker does, so a snapshot of this layer alone gets the right
@@ -141,7 +144,7 @@ def layer_from_diff(
     return _build(
         out,
         compresslevel,
-        lambda: _items_from_diff(os.fsencode(lower), os.fsencode(upper)),
+        lambda: _excluding(_items_from_diff(os.fsencode(lower), os.fsencode(upper)), exclude),
         clamp,
         what=f"layer from the diff of {lower} and {upper}",
     )

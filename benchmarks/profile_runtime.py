@@ -1,0 +1,209 @@
+"""Where one library start+exit spends its time, across the owner, the monitor and PID 1.
+
+Run (as root): ``.venv/bin/python -m benchmarks.profile_runtime [--network none|host]
+[--runs 20] [--cprofile]``. Wraps the runtime's functions (by name, at run time; a name that no
+longer exists is skipped) so that each call stamps the monotonic clock into memory shared with the
+forked processes (it survives ``pivot_root`` and the closing of descriptors), then prints the
+timeline of one run and, per phase, the median over ``--runs`` runs. ``--cprofile`` adds a
+cProfile of the owner's side. Nothing here changes what the runtime does, only how long it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import functools
+import mmap
+import os
+import pstats
+import shutil
+import statistics
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_runtime import WARMUPS, make_store
+
+_REC = struct.Struct("<iq48s")
+_REGION = 1 << 16
+_ROLES = "PMX"  # owner (parent), monitor, PID 1
+_shm = mmap.mmap(-1, _REGION * len(_ROLES), mmap.MAP_SHARED)
+_role = [0]
+
+
+def stamp(label: str) -> None:
+    """Record ``label`` now, in this process's role's region (no allocation of descriptors)."""
+    base = _role[0] * _REGION
+    (n,) = struct.unpack_from("<i", _shm, base)
+    off = base + 8 + n * _REC.size
+    if off + _REC.size < base + _REGION:
+        _REC.pack_into(_shm, off, os.getpid(), time.perf_counter_ns(), label.encode()[:48])
+        struct.pack_into("<i", _shm, base, n + 1)
+
+
+def reset() -> None:
+    for r in range(len(_ROLES)):
+        struct.pack_into("<i", _shm, r * _REGION, 0)
+
+
+def events() -> list[tuple[int, int, str]]:
+    out = []
+    for r in range(len(_ROLES)):
+        base = r * _REGION
+        (n,) = struct.unpack_from("<i", _shm, base)
+        for i in range(n):
+            _, t, label = _REC.unpack_from(_shm, base + 8 + i * _REC.size)
+            out.append((t, r, label.rstrip(b"\0").decode()))
+    return sorted(out)
+
+
+def wrap(obj: Any, name: str, label: str | None = None, role: int | None = None) -> None:
+    """Stamp ``label>``/``label<`` around ``obj.name`` (``role``: the process it starts)."""
+    orig = getattr(obj, name, None)
+    if orig is None:
+        print(f"(not found, not timed: {getattr(obj, '__name__', obj)}.{name})")
+        return
+    tag = label or name
+
+    @functools.wraps(orig)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if role is not None:
+            _role[0] = role
+        stamp(f"{tag}>")
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            stamp(f"{tag}<")
+
+    setattr(obj, name, timed)
+
+
+def instrument() -> None:
+    from pytest_minidock import api
+    from pytest_minidock.runtime import _sys, cgroups, container, logs, mounts, state
+
+    runtime = container.Runtime
+    for obj, name, label in (
+        (api.Engine, "create", "Engine.create"),
+        (runtime, "create", "Runtime.create (dirs, files)"),
+        (runtime, "start", "Runtime.start"),
+        (runtime, "_prepare", "Runtime._prepare"),
+        (runtime, "wait", "Runtime.wait"),
+        (runtime, "remove", "Runtime.remove"),
+        (runtime, "_remove_files", "Runtime._remove_files"),
+        (container, "_read_all", "owner: read sync pipe"),
+        (container, "_close_fds_except", "close_fds_except"),
+        (runtime, "_pump", "pump (payload running)"),
+        (state.StateDir, "update", "state.update"),
+        (state.StateDir, "read_state", "state.read_state"),
+        (logs.LogWriter, "close", "log.close"),
+        (cgroups.CgroupfsManager, "create", "cgroups.create"),
+        (mounts, "apply", "mounts.apply"),
+        (container, "_find_executable", "find_executable"),
+        (container, "_drop_privileges", "drop_privileges"),
+        (os, "fork", "os.fork"),
+        (os, "waitpid", "os.waitpid"),
+    ):
+        wrap(obj, name, label)
+    for name in ("stats", "kill_all", "remove", "add"):
+        wrap(cgroups.CgroupfsGroup, name, f"cgroup.{name}")
+    for name in ("unshare", "set_pdeathsig", "sethostname", "loopback_up", "mount", "mknod"):
+        wrap(_sys.LinuxSyscalls, name, f"sys.{name}")
+    for name in ("mkdir", "symlink", "touch", "pivot_root", "umount2", "drop_capabilities"):
+        wrap(_sys.LinuxSyscalls, name, f"sys.{name}")
+    wrap(runtime, "_monitor_entry", "monitor", role=1)
+    wrap(runtime, "_pid1", "pid1", role=2)
+    execve, exit_ = os.execve, os._exit
+
+    def timed_execve(*args: Any) -> None:
+        stamp("EXECVE")
+        execve(*args)
+
+    def timed_exit(code: int) -> None:
+        stamp(f"_exit({code})")
+        exit_(code)
+
+    os.execve = timed_execve  # type: ignore[assignment]
+    os._exit = timed_exit  # type: ignore[assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--network", default="none")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--cprofile", action="store_true")
+    args = parser.parse_args()
+
+    from pytest_minidock.api import Engine
+    from pytest_minidock.spec import Overrides
+
+    work = Path(tempfile.mkdtemp(prefix="minidock-prof-"))
+    try:
+        root, _ = make_store(work)
+        engine = Engine(root)
+        overrides = Overrides(command=("/bin/true",), network=args.network)
+
+        def cycle() -> None:
+            started = engine.run("busybox", overrides)
+            stamp("RUN returned")
+            engine.wait(started.id)
+            stamp("WAIT returned")
+            engine.remove(started.id)
+            stamp("REMOVE returned")
+
+        if args.cprofile:
+            for _ in range(WARMUPS):
+                cycle()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.runs):
+                cycle()
+            prof.disable()
+            stats = pstats.Stats(prof)
+            stats.sort_stats("cumulative").print_stats(35)
+            stats.sort_stats("tottime").print_stats(20)
+
+        instrument()
+        firsts: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+        totals: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+        for i in range(WARMUPS + args.runs):
+            reset()
+            t0 = time.perf_counter_ns()
+            cycle()
+            if i < WARMUPS:
+                continue
+            evs = events()
+            if i == WARMUPS:
+                print(f"== one run (network {args.network}): ms since run() was called")
+                for t, role, label in evs:
+                    print(f"{(t - t0) / 1e6:8.3f}  {_ROLES[role]} {'   ' * role}{label}")
+            opened: dict[tuple[int, str], list[int]] = collections.defaultdict(list)
+            spent: dict[tuple[int, str], float] = collections.defaultdict(float)
+            seen = set()
+            for t, role, label in evs:
+                if (role, label) not in seen:
+                    seen.add((role, label))
+                    firsts[(role, label)].append((t - t0) / 1e6)
+                key = (role, label[:-1])
+                if label.endswith(">"):
+                    opened[key].append(t)
+                elif label.endswith("<") and opened[key]:
+                    spent[key] += (t - opened[key].pop()) / 1e6
+            for key, ms in spent.items():
+                totals[key].append(ms)
+        print(f"\n== median over {args.runs} runs: first occurrence, ms since run() was called")
+        for key in sorted(firsts, key=lambda k: statistics.median(firsts[k])):
+            print(f"{statistics.median(firsts[key]):8.3f}  {_ROLES[key[0]]} {key[1]}")
+        print("\n== median time per run inside each phase (all its calls), by process")
+        for key in sorted(totals, key=lambda k: (k[0], -statistics.median(totals[k]))):
+            print(f"{statistics.median(totals[key]):8.3f} ms  {_ROLES[key[0]]} {key[1]}")
+        print("P: the owner (this process), M: the monitor, X: the container's PID 1")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
