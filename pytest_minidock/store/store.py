@@ -126,7 +126,7 @@ class StoreImage:
 
     def raw_manifest(self) -> bytes:
         if self._raw_manifest is None:
-            self._raw_manifest = self._store.blobs.read(self.descriptor.digest)
+            self._raw_manifest = self._store.read_json_blob(self.descriptor.digest)
         return self._raw_manifest
 
     def manifest(self) -> Manifest:
@@ -134,7 +134,7 @@ class StoreImage:
 
     def raw_config(self) -> bytes:
         if self._raw_config is None:
-            self._raw_config = self._store.blobs.read(self.manifest().config.digest)
+            self._raw_config = self._store.read_json_blob(self.manifest().config.digest)
         return self._raw_config
 
     def config(self) -> ImageConfig:
@@ -176,6 +176,8 @@ class Store:
         self.blobs = BlobStore(self.paths.blobs, self.paths.tmp)
         self.index = idx.ImageIndex(self.paths)
         self._policy = policy
+        self._images_cache: tuple[tuple[int, ...], tuple[ImageRecord, ...]] | None = None
+        self._json_blobs: dict[Digest, bytes] = {}
         self._ensure_layout()
 
     @property
@@ -215,6 +217,13 @@ class Store:
         process cannot delete blobs between reading the index and reading the images' JSON.
         An entry whose blobs are missing is left out here and reported by ``check``.
         """
+        try:
+            st = self.paths.index.stat()
+            key: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        if key is not None and self._images_cache is not None and self._images_cache[0] == key:
+            return list(self._images_cache[1])
         with gc_shared(self.paths.gc_lock):
             entries = self.index.read()
             by_digest: dict[Digest, list[Descriptor]] = {}
@@ -225,7 +234,19 @@ class Store:
                 with contextlib.suppress(MinidockError):
                     records.append(self._record(descs))
         records.sort(key=lambda r: r.created, reverse=True)
+        if key is not None:  # index.json is replaced by rename on every edit: a new inode
+            self._images_cache = (key, tuple(records))
         return records
+
+    def read_json_blob(self, digest: Digest) -> bytes:
+        """A small JSON blob (manifest, config), cached: blobs never change once written."""
+        data = self._json_blobs.get(digest)
+        if data is None:
+            data = self.blobs.read(digest)
+            if len(self._json_blobs) > 512:
+                self._json_blobs.clear()
+            self._json_blobs[digest] = data
+        return data
 
     def _record(self, descs: list[Descriptor]) -> ImageRecord:
         first = descs[0]
