@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from pytest_minidock.runtime._sys import Syscalls
     from pytest_minidock.runtime.state import ContainerRecord
 
+# Python 3.11.4+ warns unless an extraction filter is named; Debian 12's 3.11.2 has no filters
+# (its behaviour is "fully_trusted"). Safety here comes from the chroot, not from the filter.
+_TRUSTED: dict[str, str] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+
 __all__ = ["commit_exclusions", "copy_from_container", "copy_to_container"]
 
 # What the runtime itself may create in a container's upper dir as mount points.
@@ -240,7 +244,7 @@ def copy_to_container(
                 if not archive:
                     member.uid = member.gid = 0
                 member.uname = member.gname = ""
-                tar.extract(member, parent, filter="fully_trusted", numeric_owner=True)
+                tar.extract(member, parent, numeric_owner=True, **_TRUSTED)
 
     pid, err_r = _helper(record, sys_, work)
     os.close(read_fd)
