@@ -96,7 +96,7 @@ def instrument() -> None:
         (runtime, "_remove_files", "Runtime._remove_files"),
         (container, "_read_all", "owner: read sync pipe"),
         (container, "_close_fds_except", "close_fds_except"),
-        (runtime, "_pump", "pump (payload running)"),
+        (container.Monitor, "_pump", "pump (payload running)"),
         (state.StateDir, "update", "state.update"),
         (state.StateDir, "read_state", "state.read_state"),
         (logs.LogWriter, "close", "log.close"),
@@ -114,8 +114,8 @@ def instrument() -> None:
         wrap(_sys.LinuxSyscalls, name, f"sys.{name}")
     for name in ("mkdir", "symlink", "touch", "pivot_root", "umount2", "drop_capabilities"):
         wrap(_sys.LinuxSyscalls, name, f"sys.{name}")
-    wrap(runtime, "_monitor_entry", "monitor", role=1)
-    wrap(runtime, "_pid1", "pid1", role=2)
+    wrap(container.Monitor, "entry", "monitor", role=1)
+    wrap(container.Monitor, "_pid1", "pid1", role=2)
     execve, exit_ = os.execve, os._exit
 
     def timed_execve(*args: Any) -> None:
@@ -143,7 +143,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="minidock-prof-"))
     try:
         root, _ = make_store(work)
-        engine = Engine(root)
+        # The direct path: the launcher is a fresh interpreter these patches cannot reach.
+        engine = Engine(root, launcher=False)
         overrides = Overrides(command=("/bin/true",), network=args.network)
 
         def cycle() -> None:

@@ -36,13 +36,18 @@ class Engine:
         session: str = "",
         syscalls: Any = None,
         cgroups: Any = None,
+        launcher: bool | None = None,
     ) -> None:
+        """``launcher``: start attached containers through a small per-process launcher (cheap
+        forks; see ``runtime.launcher``). None: on unless ``MINIDOCK_LAUNCHER=0``; the CLI passes
+        False (one short-lived process: a launcher would only add its start-up)."""
         from pytest_minidock.store.paths import default_root
 
         self.root = Path(root) if root is not None else default_root()
         self.session = session
         self._syscalls = syscalls
         self._cgroups = cgroups
+        self._launcher = launcher
         self._store: Store | None = None
         self._runtime: Runtime | None = None
 
@@ -60,7 +65,11 @@ class Engine:
             from pytest_minidock.runtime.container import Runtime
 
             self._runtime = Runtime(
-                self.root, syscalls=self._syscalls, cgroups=self._cgroups, session=self.session
+                self.root,
+                syscalls=self._syscalls,
+                cgroups=self._cgroups,
+                session=self.session,
+                launcher=self._launcher,
             )
         return self._runtime
 

@@ -23,9 +23,11 @@ __all__ = ["add_container_commands"]
 
 
 def _engine(args: argparse.Namespace) -> Engine:
+    """The CLI forks its containers' monitors itself (no launcher): it waits for them with
+    ``waitpid``, and a launcher would only add a process start to every command."""
     from pytest_minidock.api import Engine
 
-    return Engine(args.root)
+    return Engine(args.root, launcher=False)
 
 
 def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:

@@ -151,7 +151,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_rmi(args: argparse.Namespace) -> int:
     from pytest_minidock.api import Engine
 
-    engine = Engine(args.root)
+    engine = Engine(args.root, launcher=False)
     status = 0
     for name in args.images:
         try:

@@ -13,6 +13,12 @@ Process model, with no daemon::
                         (overlay, /proc, /dev, …), pivots into it, drops privileges and execs
                         the payload (or runs the minimal init of ``--init``).
 
+By default a non-detached container's monitor is not forked from the owner but from the owner's
+launcher (``runtime/launcher.py``: a small fresh interpreter, cheap to fork, that dies with the
+owner); the monitor and PID 1 run the same code (``Monitor``) either way, from the plain-data
+``_Launch``. Detached starts, containers with resource limits and ``MINIDOCK_LAUNCHER=0`` use the
+direct fork shown above.
+
 If the owner is killed, even by SIGKILL, the kernel kills the monitor, then PID 1, and with it
 every process of the PID namespace; all mounts lived in the container's private mount namespace
 and vanish with it. What is left on disk (state, cgroup directory) is cleaned by
@@ -28,7 +34,7 @@ import select
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +51,13 @@ from pytest_minidock.runtime.state import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pytest_minidock.runtime._sys import Syscalls
     from pytest_minidock.runtime.cgroups import Cgroup, CgroupManager
     from pytest_minidock.spec import ContainerSpec, ResolvedUser
 
-__all__ = ["ExecResult", "Runtime", "Started", "Stdio"]
+__all__ = ["ExecResult", "Monitor", "Runtime", "Started", "Stdio", "remove_files"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_RUNTIME = 125  # docker: the container could not be created or started
@@ -95,22 +101,100 @@ class ExecResult:
 
 @dataclass
 class _Launch:
-    """Everything the forked processes need, computed before forking (no I/O after fork)."""
+    """Everything the monitor and PID 1 need, computed before forking (no I/O after fork).
+
+    Plain data only (the launcher receives it as JSON, see ``to_wire``/``from_wire``), except
+    ``cgroup``: a container with resource limits is always started by the direct path.
+    """
 
     cid: str
     dir: Path
-    spec: ContainerSpec
-    lowerdirs: tuple[str, ...]
-    user: ResolvedUser
+    root: str  # the state root (``StateDir``)
+    image: str
+    hostname: str
+    own_net: bool
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
     env: tuple[str, ...]
     argv: tuple[str, ...]
-    cgroup: Cgroup | None
+    init: bool
+    privileged: bool
     bound: bool
     stdio: Stdio
     auto_remove: bool
     keep_caps: frozenset[int] | None
     plan: tuple[Any, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    cgroup: Cgroup | None = None
+
+    def to_wire(self) -> tuple[dict[str, Any], list[int]]:
+        """The JSON-able request and the stdio fds to pass with it (in the order of ``fds``)."""
+        stdio = self.stdio
+        fds = [fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None]
+        request = {
+            "cid": self.cid,
+            "dir": str(self.dir),
+            "root": self.root,
+            "image": self.image,
+            "hostname": self.hostname,
+            "own_net": self.own_net,
+            "uid": self.uid,
+            "gid": self.gid,
+            "groups": list(self.groups),
+            "env": list(self.env),
+            "argv": list(self.argv),
+            "init": self.init,
+            "privileged": self.privileged,
+            "auto_remove": self.auto_remove,
+            "keep_caps": None if self.keep_caps is None else sorted(self.keep_caps),
+            "plan": [_op_to_wire(op) for op in self.plan],
+            "tty": stdio.tty,
+            "stdin": stdio.stdin is not None,
+            "stdout": stdio.stdout is not None,
+            "stderr": stdio.stderr is not None,
+        }
+        return request, fds
+
+    @classmethod
+    def from_wire(cls, request: dict[str, Any], fds: Sequence[int]) -> _Launch:
+        """The launch ``to_wire`` described, with ``fds`` the stdio fds received with it."""
+        from pytest_minidock.runtime import mounts
+
+        given = iter(fds)
+        stdio = Stdio(
+            stdin=next(given) if request["stdin"] else None,
+            stdout=next(given) if request["stdout"] else None,
+            stderr=next(given) if request["stderr"] else None,
+            tty=bool(request["tty"]),
+        )
+        caps = request["keep_caps"]
+        return cls(
+            cid=request["cid"],
+            dir=Path(request["dir"]),
+            root=request["root"],
+            image=request["image"],
+            hostname=request["hostname"],
+            own_net=bool(request["own_net"]),
+            uid=int(request["uid"]),
+            gid=int(request["gid"]),
+            groups=tuple(request["groups"]),
+            env=tuple(request["env"]),
+            argv=tuple(request["argv"]),
+            init=bool(request["init"]),
+            privileged=bool(request["privileged"]),
+            bound=True,
+            stdio=stdio,
+            auto_remove=bool(request["auto_remove"]),
+            keep_caps=None if caps is None else frozenset(caps),
+            plan=tuple(mounts.Op(*op) for op in request["plan"]),
+        )
+
+
+_OP_FIELDS = ("kind", "target", "source", "fstype", "flags", "data", "mode", "device", "ctr")
+
+
+def _op_to_wire(op: Any) -> list[Any]:
+    return [getattr(op, name) for name in _OP_FIELDS]
 
 
 def _exit_code(status: int) -> int:
@@ -153,12 +237,18 @@ class Runtime:
         syscalls: Syscalls | None = None,
         cgroups: CgroupManager | None = None,
         session: str = "",
+        launcher: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.state = StateDir(self.root)
         self._sys = syscalls
         self._cgroups = cgroups
         self.session = session
+        if launcher is None:
+            launcher = os.environ.get("MINIDOCK_LAUNCHER", "1") != "0"
+        self.launcher = launcher
+        """Start non-detached containers through this process's launcher (see ``launcher``)."""
+        self._children: set[int] = set()  # monitors forked by this process (direct path)
 
     @property
     def sys(self) -> Syscalls:
@@ -248,23 +338,41 @@ class Runtime:
         if record.state.running():
             raise RuntimeFailure(f"container {record.name} is already running")
         launch = self._prepare(record, stdio or Stdio(), bound=not detached)
+        via_launcher = not detached and self._use_launcher(launch)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(sync_r)
+        pid = 0
+        if via_launcher:
+            from pytest_minidock.runtime import launcher
+
+            request, fds = launch.to_wire()
+            try:
+                launcher.shared().launch(request, [sync_w, *fds])
+            except (OSError, RuntimeFailure) as exc:
+                os.close(sync_r)
+                raise RuntimeFailure(f"cannot start container {record.name}: {exc}") from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(sync_w)
+        else:
+            owner = os.getpid()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                os.close(sync_r)
+                os.close(sync_w)
+                raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
+            if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                os.close(sync_r)
+                self._monitor_entry(launch, sync_w, detached, owner)
             os.close(sync_w)
-            raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
-        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-            os.close(sync_r)
-            self._monitor_entry(launch, sync_w, detached)
-        os.close(sync_w)
         try:
             message = _read_all(sync_r)
         finally:
             os.close(sync_r)
         if detached:  # the intermediate child exits at once; the monitor is init's now
             os.waitpid(pid, 0)
+        elif pid:
+            self._children.add(pid)
         started_pid = monitor_pid = 0
         error: tuple[int, str] | None = None
         for line in message.decode(errors="replace").splitlines():
@@ -276,9 +384,10 @@ class Runtime:
                 code, _, text = rest.partition(" ")
                 error = (int(code), text)
         if error is not None:
-            if not detached:
+            if pid and not detached:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                self._children.discard(pid)
             if launch.auto_remove:
                 with contextlib.suppress(MinidockError):
                     self.remove(cid, force=True)
@@ -287,7 +396,16 @@ class Runtime:
             raise failure
         if not started_pid:
             raise RuntimeFailure(f"container {record.name} did not start (monitor died)")
-        return Started(cid, started_pid, monitor_pid, monitor_is_child=not detached)
+        return Started(cid, started_pid, monitor_pid, monitor_is_child=bool(pid) and not detached)
+
+    def _use_launcher(self, launch: _Launch) -> bool:
+        """Whether this start goes through the launcher: enabled, no cgroup (limits need this
+        process's cgroup manager), and the real system calls (the launcher has no others)."""
+        if not self.launcher or launch.cgroup is not None:
+            return False
+        from pytest_minidock.runtime._sys import LinuxSyscalls
+
+        return type(self.sys) is LinuxSyscalls
 
     def _prepare(self, record: ContainerRecord, stdio: Stdio, *, bound: bool) -> _Launch:
         _preload()
@@ -335,17 +453,23 @@ class Runtime:
         return _Launch(
             cid=record.id,
             dir=d,
-            spec=spec,
-            lowerdirs=lowerdirs,
-            user=user,
+            root=str(self.root),
+            image=spec.image,
+            hostname=spec.hostname,
+            own_net=spec.network != "host",
+            uid=user.uid,
+            gid=user.gid,
+            groups=tuple(user.groups),
             env=env,
             argv=spec.argv,
-            cgroup=cgroup,
+            init=spec.init,
+            privileged=spec.privileged,
             bound=bound,
             stdio=stdio,
             auto_remove=bool(record.config.get("AutoRemove")),
             keep_caps=keep_caps,
             plan=plan,
+            cgroup=cgroup,
         )
 
     def _overlay(self, record: ContainerRecord, lowerdirs: tuple[str, ...]) -> bool:
@@ -386,247 +510,16 @@ class Runtime:
 
     # -- the forked side -----------------------------------------------------------------------
     def _monitor_entry(
-        self, launch: _Launch, sync_w: int, detached: bool
+        self, launch: _Launch, sync_w: int, detached: bool, parent: int = 0
     ) -> None:  # pragma: no cover
-        """First child: becomes the monitor (after a double fork when detached)."""
-        code = 1
-        try:
-            if detached:
-                os.setsid()
-                if os.fork() != 0:
-                    os._exit(0)
-                null = os.open("/dev/null", os.O_RDWR)
-                for target in (0, 1, 2):
-                    if target not in _stdio_fds(launch.stdio):
-                        os.dup2(null, target)
-                os.close(null)
-            else:
-                self.sys.set_pdeathsig(signal.SIGKILL)
-            code = self._monitor(launch, sync_w)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(sync_w, f"E {EXIT_RUNTIME} {exc}\n".encode())
-            code = EXIT_RUNTIME
-        finally:
-            os._exit(code)
+        """First child of the direct path: becomes the monitor (see ``Monitor``)."""
+        cgroups = self._cgroups
 
-    def _monitor(self, launch: _Launch, sync_w: int) -> int:  # pragma: no cover - child
-        from pytest_minidock.runtime import _sys
+        def remove_stale(cid: str) -> None:
+            if cgroups is not None:
+                cgroups.remove_stale(cid)
 
-        monitor_pid = os.getpid()
-        stdio = launch.stdio
-        tty_master = tty_slave = -1  # tty_slave: the socket PID 1 sends the pty master over
-        out_r = out_w = err_r = err_w = -1
-        if stdio.tty:
-            import socket
-
-            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            tty_master, tty_slave = a.detach(), b.detach()
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        flags = _sys.CLONE_NEWPID
-        self.sys.unshare(flags)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self._pid1(
-                    launch,
-                    sync_w=sync_w,
-                    out_w=out_w,
-                    err_w=err_w,
-                    tty_slave=tty_slave,
-                    tty_master=tty_master,
-                    out_r=out_r,
-                    err_r=err_r,
-                )
-            finally:
-                os._exit(EXIT_RUNTIME)
-        for fd in (out_w, err_w, tty_slave):
-            if fd >= 0:
-                os.close(fd)
-        _close_fds_except({0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio)})
-        if stdio.tty:  # receive the pty master PID 1 made in the container's own devpts
-            import socket
-
-            with socket.socket(fileno=tty_master) as sock:
-                _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-            tty_master = fds[0] if fds else -1
-        start = process_start_time(pid)
-        self.state.update(
-            launch.cid,
-            status="running",
-            pid=pid,
-            pid_start=start,
-            monitor_pid=monitor_pid,
-            monitor_start=process_start_time(monitor_pid),
-            started_at=now_iso(),
-            finished_at="",
-            exit_code=0,
-            error="",
-            detached=not launch.bound,
-        )
-        os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())
-        os.close(sync_w)
-        log = LogWriter(launch.dir / "log")
-        if stdio.tty:
-            if tty_master >= 0:
-                self._pump_tty(log, tty_master, stdio)
-        else:
-            self._pump(log, out_r, err_r, stdio)
-        _, status = os.waitpid(pid, 0)
-        code = _exit_code(status)
-        log.close()
-        oom = False
-        if launch.cgroup is not None:
-            with contextlib.suppress(Exception):
-                oom = bool(getattr(launch.cgroup.stats(), "oom_kills", 0))
-            with contextlib.suppress(Exception):
-                launch.cgroup.kill_all(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                launch.cgroup.remove()
-        state = self.state.read_state(launch.cid)
-        if state.status != "removing":
-            self.state.update(
-                launch.cid, status="exited", exit_code=code, finished_at=now_iso(), oom_killed=oom
-            )
-        if launch.auto_remove:
-            with contextlib.suppress(Exception):
-                self._remove_files(launch.cid)
-        return code
-
-    def _pump(
-        self, log: LogWriter, out_r: int, err_r: int, stdio: Stdio
-    ) -> None:  # pragma: no cover
-        streams = {out_r: ("stdout", stdio.stdout), err_r: ("stderr", stdio.stderr)}
-        poller = select.poll()
-        for fd in streams:
-            poller.register(fd, select.POLLIN)
-        while streams:
-            for fd, _ in poller.poll():
-                data = os.read(fd, 65536)
-                if not data:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    del streams[fd]
-                    continue
-                name, forward = streams[fd]
-                log.write(name, data)
-                if forward is not None:
-                    with contextlib.suppress(OSError):
-                        _write_all(forward, data)
-
-    def _pump_tty(self, log: LogWriter, master: int, stdio: Stdio) -> None:  # pragma: no cover
-        poller = select.poll()
-        poller.register(master, select.POLLIN)
-        stdin = stdio.stdin
-        if stdin is not None:
-            poller.register(stdin, select.POLLIN)
-        while True:
-            for fd, _ in poller.poll():
-                if fd == master:
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError:  # EIO: every slave fd is closed
-                        data = b""
-                    if not data:
-                        os.close(master)
-                        return
-                    log.write("stdout", data)
-                    if stdio.stdout is not None:
-                        with contextlib.suppress(OSError):
-                            _write_all(stdio.stdout, data)
-                else:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        poller.unregister(fd)
-                        continue
-                    with contextlib.suppress(OSError):
-                        _write_all(master, data)
-
-    def _pid1(
-        self,
-        launch: _Launch,
-        *,
-        sync_w: int,
-        out_w: int,
-        err_w: int,
-        tty_slave: int,
-        tty_master: int,
-        out_r: int,
-        err_r: int,
-    ) -> None:  # pragma: no cover - child
-        """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec."""
-        from pytest_minidock.runtime import _sys, mounts
-
-        sys_ = self.sys
-        code, message = EXIT_RUNTIME, ""
-        try:
-            sys_.set_pdeathsig(signal.SIGKILL)
-            for fd in (out_r, err_r, tty_master):
-                if fd >= 0:
-                    os.close(fd)
-            if launch.cgroup is not None:
-                launch.cgroup.add(os.getpid())
-            spec = launch.spec
-            flags = _sys.CLONE_NEWNS | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC | _sys.CLONE_NEWCGROUP
-            own_net = spec.network != "host"
-            if own_net:
-                flags |= _sys.CLONE_NEWNET
-            sys_.unshare(flags)
-            mounts.apply(launch.plan, sys_)
-            sys_.sethostname(spec.hostname)
-            if own_net:
-                sys_.loopback_up()
-            # standard streams
-            if tty_slave >= 0:  # a terminal from the container's own devpts instance
-                import socket
-
-                master, slave = os.openpty()
-                with socket.socket(fileno=tty_slave) as sock:
-                    socket.send_fds(sock, [b"m"], [master])
-                os.close(master)
-                os.setsid()
-                import fcntl
-                import termios
-
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-                fds = (slave, slave, slave)
-            else:
-                stdin = launch.stdio.stdin
-                if stdin is None:
-                    stdin = os.open("/dev/null", os.O_RDONLY)
-                fds = (stdin, out_w, err_w)
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target, inheritable=True)
-            code, message = EXIT_NOT_FOUND, ""
-            path = _find_executable(launch.argv[0], launch.env)
-            if path is None:
-                raise _ExecError(
-                    EXIT_NOT_FOUND,
-                    f'exec: "{launch.argv[0]}": executable file not found in $PATH'
-                    if "/" not in launch.argv[0]
-                    else f"exec: {launch.argv[0]}: no such file or directory",
-                )
-            _drop_privileges(sys_, launch.user, launch.keep_caps, spec.privileged)
-            os.closerange(3, sync_w)
-            os.closerange(sync_w + 1, 65536)
-            if spec.init:
-                from pytest_minidock.runtime.init import run_init
-
-                code = run_init(path, launch.argv, launch.env, sync_w)
-                os._exit(code)
-            os.execve(path, list(launch.argv), _env_dict(launch.env))
-        except _ExecError as exc:
-            code, message = exc.code, str(exc)
-        except PermissionError as exc:
-            code, message = EXIT_CANNOT_INVOKE, f"exec: {launch.argv[0]}: permission denied ({exc})"
-        except BaseException as exc:
-            code = EXIT_RUNTIME
-            message = f"cannot start container {launch.spec.image}: {exc}"
-        with contextlib.suppress(OSError):
-            os.write(sync_w, f"E {code} {message}\n".encode())
-        os._exit(code)
+        Monitor(launch, self.sys, self.state, remove_stale).entry(sync_w, detached, parent)
 
     # -- waiting and signals -------------------------------------------------------------------
     def wait(self, cid: str, timeout: float | None = None) -> int:
@@ -635,14 +528,14 @@ class Runtime:
         deadline = None if timeout is None else time.monotonic() + timeout
         state = record.state
         fd = -1
-        if state.status == "running" and state.monitor_alive():
+        if state.status in ("running", "removing") and state.monitor_alive():
             with contextlib.suppress(OSError):
                 fd = self.sys.pidfd_open(state.monitor_pid)
         try:
             while True:
                 state = self.state.read_state(record.id)
                 self._reap(state)
-                if state.status != "running" or not state.monitor_alive():
+                if state.status not in ("running", "removing") or not state.monitor_alive():
                     # The monitor may have recorded the exit and gone between our read and our
                     # liveness check: read again before calling it dead.
                     state = self.state.read_state(record.id)
@@ -662,10 +555,16 @@ class Runtime:
                 os.close(fd)
 
     def _reap(self, state: ContainerState) -> None:
-        """Collect the exit status of a monitor that is our own child (no zombies)."""
-        if state.monitor_pid and state.owner.pid == os.getpid() and not state.detached:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(state.monitor_pid, os.WNOHANG)
+        """Collect the exit status of a monitor that is our own child (no zombies); a monitor
+        the launcher forked is the launcher's to reap, never waited for here."""
+        pid = state.monitor_pid
+        if pid in self._children:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._children.discard(pid)
 
     def _mark_dead(self, cid: str, state: ContainerState) -> ContainerState:
         """Record the exit of a container whose monitor died without recording it."""
@@ -729,25 +628,10 @@ class Runtime:
         return record.name
 
     def _remove_files(self, cid: str, *, volumes: bool = False) -> None:
-        d = self.state.dir(cid)
-        try:
-            config = json.loads((d / "config.json").read_bytes())
-        except (OSError, ValueError):
-            config = {}
-        name = config.get("Name", "")
-        spec = config.get("Spec", {})
-        if spec.get("memory") or spec.get("cpus") or spec.get("pids_limit"):
-            with contextlib.suppress(Exception):
-                self.cgroups.remove_stale(cid)
-        if volumes:
-            for vol in self.state.volumes.glob(f"anon-{cid[:12]}-*"):
-                shutil.rmtree(vol, ignore_errors=True)
-        trash = d.with_name(f".rm-{cid}-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(d, trash)
-        if name:
-            self.state.release_name(name, cid)
-        _rmtree(trash)
+        remove_files(self.state, cid, volumes=volumes, remove_stale=self._remove_stale_cgroup)
+
+    def _remove_stale_cgroup(self, cid: str) -> None:
+        self.cgroups.remove_stale(cid)
 
     # -- crash recovery ------------------------------------------------------------------------
     def cleanup_leftovers(self) -> list[str]:
@@ -966,6 +850,303 @@ class Runtime:
         os._exit(code)
 
 
+class Monitor:
+    """The monitor and PID 1 of one container, run from its plain-data ``_Launch``.
+
+    One implementation for both ways of starting: forked from the owner (the direct path:
+    detached starts, the CLI, no launcher) or from the owner's launcher process (``launcher``).
+    """
+
+    def __init__(
+        self,
+        launch: _Launch,
+        sys: Syscalls,
+        state: StateDir,
+        remove_stale: Callable[[str], None] | None = None,
+    ) -> None:
+        self.launch = launch
+        self.sys = sys
+        self.state = state
+        self.remove_stale = remove_stale
+
+    def entry(self, sync_w: int, detached: bool, parent: int = 0) -> None:  # pragma: no cover
+        """First child: becomes the monitor (after a double fork when detached); never returns.
+
+        ``parent``: the pid of the process that forked this one; exit at once if it is already
+        gone (it may die between the fork and ``PR_SET_PDEATHSIG``)."""
+        launch = self.launch
+        code = 1
+        try:
+            if detached:
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+                null = os.open("/dev/null", os.O_RDWR)
+                for target in (0, 1, 2):
+                    if target not in _stdio_fds(launch.stdio):
+                        os.dup2(null, target)
+                os.close(null)
+            else:
+                self.sys.set_pdeathsig(signal.SIGKILL)
+                if parent and os.getppid() != parent:
+                    os._exit(EXIT_RUNTIME)
+            code = self._monitor(launch, sync_w)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(sync_w, f"E {EXIT_RUNTIME} {exc}\n".encode())
+            code = EXIT_RUNTIME
+        finally:
+            os._exit(code)
+
+    def _monitor(self, launch: _Launch, sync_w: int) -> int:  # pragma: no cover - child
+        from pytest_minidock.runtime import _sys
+
+        monitor_pid = os.getpid()
+        stdio = launch.stdio
+        tty_master = tty_slave = -1  # tty_slave: the socket PID 1 sends the pty master over
+        out_r = out_w = err_r = err_w = -1
+        if stdio.tty:
+            import socket
+
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            tty_master, tty_slave = a.detach(), b.detach()
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        flags = _sys.CLONE_NEWPID
+        self.sys.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._pid1(
+                    launch,
+                    sync_w=sync_w,
+                    out_w=out_w,
+                    err_w=err_w,
+                    tty_slave=tty_slave,
+                    tty_master=tty_master,
+                    out_r=out_r,
+                    err_r=err_r,
+                )
+            finally:
+                os._exit(EXIT_RUNTIME)
+        for fd in (out_w, err_w, tty_slave):
+            if fd >= 0:
+                os.close(fd)
+        _close_fds_except({0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio)})
+        if stdio.tty:  # receive the pty master PID 1 made in the container's own devpts
+            import socket
+
+            with socket.socket(fileno=tty_master) as sock:
+                _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            tty_master = fds[0] if fds else -1
+        start = process_start_time(pid)
+        self.state.update(
+            launch.cid,
+            status="running",
+            pid=pid,
+            pid_start=start,
+            monitor_pid=monitor_pid,
+            monitor_start=process_start_time(monitor_pid),
+            started_at=now_iso(),
+            finished_at="",
+            exit_code=0,
+            error="",
+            detached=not launch.bound,
+        )
+        os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())
+        os.close(sync_w)
+        log = LogWriter(launch.dir / "log")
+        if stdio.tty:
+            if tty_master >= 0:
+                self._pump_tty(log, tty_master, stdio)
+        else:
+            self._pump(log, out_r, err_r, stdio)
+        _, status = os.waitpid(pid, 0)
+        code = _exit_code(status)
+        log.close()
+        oom = False
+        if launch.cgroup is not None:
+            with contextlib.suppress(Exception):
+                oom = bool(getattr(launch.cgroup.stats(), "oom_kills", 0))
+            with contextlib.suppress(Exception):
+                launch.cgroup.kill_all(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                launch.cgroup.remove()
+        state = self.state.read_state(launch.cid)
+        if state.status != "removing":
+            self.state.update(
+                launch.cid, status="exited", exit_code=code, finished_at=now_iso(), oom_killed=oom
+            )
+        if launch.auto_remove:
+            with contextlib.suppress(Exception):
+                remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
+        return code
+
+    def _pump(
+        self, log: LogWriter, out_r: int, err_r: int, stdio: Stdio
+    ) -> None:  # pragma: no cover
+        streams = {out_r: ("stdout", stdio.stdout), err_r: ("stderr", stdio.stderr)}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        while streams:
+            for fd, _ in poller.poll():
+                data = os.read(fd, 65536)
+                if not data:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del streams[fd]
+                    continue
+                name, forward = streams[fd]
+                log.write(name, data)
+                if forward is not None:
+                    with contextlib.suppress(OSError):
+                        _write_all(forward, data)
+
+    def _pump_tty(self, log: LogWriter, master: int, stdio: Stdio) -> None:  # pragma: no cover
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        stdin = stdio.stdin
+        if stdin is not None:
+            poller.register(stdin, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == master:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: every slave fd is closed
+                        data = b""
+                    if not data:
+                        os.close(master)
+                        return
+                    log.write("stdout", data)
+                    if stdio.stdout is not None:
+                        with contextlib.suppress(OSError):
+                            _write_all(stdio.stdout, data)
+                else:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        poller.unregister(fd)
+                        continue
+                    with contextlib.suppress(OSError):
+                        _write_all(master, data)
+
+    def _pid1(
+        self,
+        launch: _Launch,
+        *,
+        sync_w: int,
+        out_w: int,
+        err_w: int,
+        tty_slave: int,
+        tty_master: int,
+        out_r: int,
+        err_r: int,
+    ) -> None:  # pragma: no cover - child
+        """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec."""
+        from pytest_minidock.runtime import _sys, mounts
+
+        sys_ = self.sys
+        code, message = EXIT_RUNTIME, ""
+        try:
+            sys_.set_pdeathsig(signal.SIGKILL)
+            for fd in (out_r, err_r, tty_master):
+                if fd >= 0:
+                    os.close(fd)
+            if launch.cgroup is not None:
+                launch.cgroup.add(os.getpid())
+            flags = _sys.CLONE_NEWNS | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC | _sys.CLONE_NEWCGROUP
+            own_net = launch.own_net
+            if own_net:
+                flags |= _sys.CLONE_NEWNET
+            sys_.unshare(flags)
+            mounts.apply(launch.plan, sys_)
+            sys_.sethostname(launch.hostname)
+            if own_net:
+                sys_.loopback_up()
+            # standard streams
+            if tty_slave >= 0:  # a terminal from the container's own devpts instance
+                import socket
+
+                master, slave = os.openpty()
+                with socket.socket(fileno=tty_slave) as sock:
+                    socket.send_fds(sock, [b"m"], [master])
+                os.close(master)
+                os.setsid()
+                import fcntl
+                import termios
+
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                fds = (slave, slave, slave)
+            else:
+                stdin = launch.stdio.stdin
+                if stdin is None:
+                    stdin = os.open("/dev/null", os.O_RDONLY)
+                fds = (stdin, out_w, err_w)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target, inheritable=True)
+            code, message = EXIT_NOT_FOUND, ""
+            path = _find_executable(launch.argv[0], launch.env)
+            if path is None:
+                raise _ExecError(
+                    EXIT_NOT_FOUND,
+                    f'exec: "{launch.argv[0]}": executable file not found in $PATH'
+                    if "/" not in launch.argv[0]
+                    else f"exec: {launch.argv[0]}: no such file or directory",
+                )
+            _drop_privileges(sys_, launch, launch.keep_caps, launch.privileged)
+            os.closerange(3, sync_w)
+            os.closerange(sync_w + 1, 65536)
+            if launch.init:
+                from pytest_minidock.runtime.init import run_init
+
+                code = run_init(path, launch.argv, launch.env, sync_w)
+                os._exit(code)
+            os.execve(path, list(launch.argv), _env_dict(launch.env))
+        except _ExecError as exc:
+            code, message = exc.code, str(exc)
+        except PermissionError as exc:
+            code, message = EXIT_CANNOT_INVOKE, f"exec: {launch.argv[0]}: permission denied ({exc})"
+        except BaseException as exc:
+            code = EXIT_RUNTIME
+            message = f"cannot start container {launch.image}: {exc}"
+        with contextlib.suppress(OSError):
+            os.write(sync_w, f"E {code} {message}\n".encode())
+        os._exit(code)
+
+
+def remove_files(
+    state: StateDir,
+    cid: str,
+    *,
+    volumes: bool = False,
+    remove_stale: Callable[[str], None] | None = None,
+) -> None:
+    """Remove a container's directory and name (``remove_stale``: drops its cgroup)."""
+    d = state.dir(cid)
+    try:
+        config = json.loads((d / "config.json").read_bytes())
+    except (OSError, ValueError):
+        config = {}
+    name = config.get("Name", "")
+    spec = config.get("Spec", {})
+    if remove_stale is not None and (
+        spec.get("memory") or spec.get("cpus") or spec.get("pids_limit")
+    ):
+        with contextlib.suppress(Exception):
+            remove_stale(cid)
+    if volumes:
+        for vol in state.volumes.glob(f"anon-{cid[:12]}-*"):
+            shutil.rmtree(vol, ignore_errors=True)
+    trash = d.with_name(f".rm-{cid}-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(d, trash)
+    if name:
+        state.release_name(name, cid)
+    _rmtree(trash)
+
+
 def _stdio_fds(stdio: Stdio) -> set[int]:
     return {fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None}
 
@@ -1025,7 +1206,7 @@ def _env_dict(env: Sequence[str]) -> dict[str, str]:
 
 
 def _drop_privileges(
-    sys_: Syscalls, user: ResolvedUser, keep_caps: frozenset[int] | None, privileged: bool
+    sys_: Syscalls, user: ResolvedUser | _Launch, keep_caps: frozenset[int] | None, privileged: bool
 ) -> None:  # pragma: no cover - child
     os.setgroups(list(user.groups))
     os.setresgid(user.gid, user.gid, user.gid)

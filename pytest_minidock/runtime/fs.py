@@ -17,7 +17,7 @@ import signal
 import stat
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pytest_minidock.errors import RuntimeFailure, UsageError
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Python 3.11.4+ warns unless an extraction filter is named; Debian 12's 3.11.2 has no filters
 # (its behaviour is "fully_trusted"). Safety here comes from the chroot, not from the filter.
-_TRUSTED: dict[str, str] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+_TRUSTED: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
 
 __all__ = ["commit_exclusions", "copy_from_container", "copy_to_container"]
 

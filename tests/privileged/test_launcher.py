@@ -1,0 +1,259 @@
+"""The per-owner launcher process (runtime/launcher.py): crash semantics, reuse, stdio, codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_minidock.api import Engine
+from pytest_minidock.errors import RuntimeFailure
+from pytest_minidock.runtime import launcher
+from pytest_minidock.runtime.container import Stdio
+from pytest_minidock.runtime.logs import read_logs
+from pytest_minidock.spec import Overrides
+from tests.privileged.test_runtime import runtime_root  # noqa: F401 - the shared store fixture
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def engine(runtime_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:  # noqa: F811
+    monkeypatch.delenv("MINIDOCK_LAUNCHER", raising=False)
+    eng = Engine(runtime_root)
+    before = {r.id for r in eng.runtime.state.all()}
+    yield eng
+    for record in eng.runtime.state.all():
+        if record.id not in before:
+            eng.remove(record.id, force=True)
+
+
+def ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+    return out
+
+
+def gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """The pids of ``pids`` still there after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    left = pids
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if Path(f"/proc/{p}").exists()]
+        time.sleep(0.02)
+    return left
+
+
+def log_of(engine: Engine, cid: str, stream: str = "stdout") -> bytes:
+    return b"".join(
+        r.data for r in read_logs(engine.container(cid).dir / "log") if r.stream == stream
+    )
+
+
+def test_sigkill_of_the_owner_kills_launcher_monitors_and_containers(
+    runtime_root: Path,  # noqa: F811
+) -> None:
+    script = f"""
+import time
+from pytest_minidock.api import Engine
+from pytest_minidock.runtime import launcher
+from pytest_minidock.spec import Overrides
+e = Engine({str(runtime_root)!r}, launcher=True)
+pids = []
+for _ in range(3):
+    s = e.run("busybox", Overrides(command=("sleep", "1000")))
+    assert not s.monitor_is_child
+    pids += [s.pid, s.monitor_pid]
+print(launcher.shared().pid, *pids, flush=True)
+time.sleep(1000)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 7
+    launcher_pid, containers = pids[0], pids[1:]
+    for pid in pids:
+        assert Path(f"/proc/{pid}").exists()
+    for monitor in containers[1::2]:
+        assert ppid(monitor) == launcher_pid
+    assert ppid(launcher_pid) == proc.pid
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert gone(pids) == []
+    assert Engine(runtime_root).cleanup()  # the owner's containers are leftovers now
+
+
+def test_the_launcher_starts_once_and_serves_many_containers(engine: Engine) -> None:
+    shared = launcher.shared()
+    first = engine.run("busybox", Overrides(command=("true",)))
+    assert engine.wait(first.id, timeout=30) == 0
+    starts, pid = shared.starts, shared.pid
+    assert pid
+    monitors = []
+    for i in range(5):
+        s = engine.run("busybox", Overrides(command=("sh", "-c", f"exit {i}")))
+        monitors.append(s.monitor_pid)
+        assert not s.monitor_is_child
+        assert engine.wait(s.id, timeout=30) == i
+    assert shared.starts == starts
+    assert shared.pid == pid
+    second = Engine(engine.root)  # another Runtime in this process: the same launcher
+    s = second.run("busybox", Overrides(command=("sleep", "30")))
+    try:
+        assert ppid(s.monitor_pid) == pid
+    finally:
+        second.remove(s.id, force=True)
+    assert shared.starts == starts
+
+
+def test_attached_stdout_and_stdin_pass_through(engine: Engine) -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    try:
+        s = engine.run(
+            "busybox",
+            Overrides(command=("sh", "-c", "cat; echo err >&2"), stdin_open=True),
+            stdio=Stdio(stdin=in_r, stdout=out_w, stderr=out_w),
+        )
+        os.close(in_r)
+        os.close(out_w)
+        in_r = out_w = -1
+        os.write(in_w, b"hello through the launcher\n")
+        os.close(in_w)
+        in_w = -1
+        assert engine.wait(s.id, timeout=30) == 0
+        got = b""
+        while chunk := os.read(out_r, 65536):
+            got += chunk
+    finally:
+        for fd in (out_r, out_w, in_r, in_w):
+            if fd >= 0:
+                os.close(fd)
+    assert got == b"hello through the launcher\nerr\n"
+    assert log_of(engine, s.id) == b"hello through the launcher\n"
+    assert log_of(engine, s.id, "stderr") == b"err\n"
+
+
+def test_tty_through_the_launcher(engine: Engine) -> None:
+    out_r, out_w = os.pipe()
+    try:
+        s = engine.run(
+            "busybox",
+            Overrides(command=("sh", "-c", "tty; test -t 0 && echo is-a-tty"), tty=True),
+            stdio=Stdio(stdout=out_w, tty=True),
+        )
+        os.close(out_w)
+        out_w = -1
+        assert engine.wait(s.id, timeout=30) == 0
+        got = b""
+        while chunk := os.read(out_r, 65536):
+            got += chunk
+    finally:
+        for fd in (out_r, out_w):
+            if fd >= 0:
+                os.close(fd)
+    assert b"/dev/pts/" in got
+    assert b"is-a-tty" in got
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        (("no-such-command",), 127, 'exec: "no-such-command": executable file not found'),
+        (("/no/such/file",), 127, "exec: /no/such/file: no such file or directory"),
+        (("/etc/passwd",), 126, "exec: /etc/passwd: permission denied"),
+    ],
+)
+def test_exec_failures_keep_their_codes(
+    engine: Engine, command: tuple[str, ...], code: int, message: str
+) -> None:
+    starts = launcher.shared().starts
+    with pytest.raises(RuntimeFailure) as info:
+        engine.run("busybox", Overrides(command=command))
+    assert info.value.exit_code == code  # type: ignore[attr-defined]
+    assert message in str(info.value)
+    assert launcher.shared().starts <= max(starts, 1)  # went through the (one) launcher
+
+
+def test_env_var_disables_the_launcher(
+    runtime_root: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MINIDOCK_LAUNCHER", "0")
+    eng = Engine(runtime_root)
+    assert not eng.runtime.launcher
+    s = eng.run("busybox", Overrides(command=("sh", "-c", "exit 4")))
+    try:
+        assert s.monitor_is_child
+        assert eng.wait(s.id, timeout=30) == 4
+    finally:
+        eng.remove(s.id, force=True)
+    assert not Engine(runtime_root, launcher=False).runtime.launcher
+    monkeypatch.delenv("MINIDOCK_LAUNCHER")
+    assert Engine(runtime_root).runtime.launcher
+
+
+def test_detached_starts_use_the_direct_path(engine: Engine) -> None:
+    s = engine.run("busybox", Overrides(command=("sleep", "30")), detached=True)
+    assert not s.monitor_is_child
+    assert ppid(s.monitor_pid) not in (launcher.shared().pid, os.getpid())
+    engine.remove(s.id, force=True)
+
+
+def test_the_launcher_holds_none_of_the_owners_fds(
+    runtime_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "owner-only-file"
+    script = f"""
+import os, time
+from pytest_minidock.api import Engine
+from pytest_minidock.runtime import launcher
+from pytest_minidock.spec import Overrides
+fd = os.open({str(marker)!r}, os.O_CREAT | os.O_WRONLY)
+os.set_inheritable(fd, True)
+r, w = os.pipe()
+os.set_inheritable(w, True)
+e = Engine({str(runtime_root)!r}, launcher=True)
+s = e.run("busybox", Overrides(command=("sleep", "1000")))
+print(launcher.shared().pid, s.monitor_pid, os.readlink(f"/proc/self/fd/{{w}}"), flush=True)
+time.sleep(1000)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        launcher_pid, monitor, owner_pipe = proc.stdout.readline().split()
+        for pid in (int(launcher_pid), int(monitor)):
+            targets = fd_targets(pid)
+            assert str(marker) not in targets.values()
+            assert owner_pipe not in targets.values()
+            assert {targets[0], targets[1], targets[2]} == {"/dev/null"}
+        own = fd_targets(int(launcher_pid))  # 3 x /dev/null, its wake-up pipe, its socket
+        assert len(own) == 6
+        assert all(t == "/dev/null" or t.startswith(("pipe:", "socket:")) for t in own.values())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    Engine(runtime_root).cleanup()
