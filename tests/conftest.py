@@ -65,6 +65,24 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return busybox_tar(tmp_path_factory.mktemp("rootfs") / "busybox.tar")
 
 
+def make_busybox_root(root: Path, rootfs: Path) -> Path:
+    """Make ``root`` a store holding ``busybox:latest`` (``CMD ["sh"]``) from ``rootfs``."""
+    from pytest_minidock.image.changes import apply_changes
+    from pytest_minidock.image.model import ContainerConfig
+    from pytest_minidock.reference import Reference
+    from pytest_minidock.store.store import Store
+    from tests.support.rootfs import BUSYBOX_CHANGES
+
+    with open(rootfs, "rb") as f:
+        Store(root).import_tarball(
+            f,
+            [Reference.parse("busybox:latest")],
+            source=str(rootfs),
+            changes=apply_changes(ContainerConfig(), BUSYBOX_CHANGES),
+        )
+    return root
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     """An empty store in a temporary directory."""

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock.cli.images import for_each
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -142,20 +144,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    status = 0
-    for name in args.containers:
-        if args.attach:
-            record = engine.container(name)
-            spec = engine.runtime.spec_of(record)
-            ns = argparse.Namespace(interactive=args.interactive, tty=spec.tty)
-            return _run_attached(engine, record.id, ns)
-        try:
-            engine.start(name, detached=True)
-            print(name)
-        except _errors() as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            status = 1
-    return status
+    if args.attach:  # docker attaches to the first container only
+        record = engine.container(args.containers[0])
+        spec = engine.runtime.spec_of(record)
+        ns = argparse.Namespace(interactive=args.interactive, tty=spec.tty)
+        return _run_attached(engine, record.id, ns)
+    return for_each(args.containers, lambda name: engine.start(name, detached=True))
 
 
 def _errors() -> type[Exception]:
@@ -271,43 +265,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    status = 0
-    for name in args.containers:
-        try:
-            engine.stop(name, timeout=args.time)
-            print(name)
-        except _errors() as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            status = 1
-    return status
+    return for_each(args.containers, lambda name: engine.stop(name, timeout=args.time))
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     from pytest_minidock.spec import signal_number
 
     engine = _engine(args)
-    status = 0
-    for name in args.containers:
-        try:
-            engine.kill(name, signal_number(args.signal))
-            print(name)
-        except _errors() as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            status = 1
-    return status
+    return for_each(args.containers, lambda name: engine.kill(name, signal_number(args.signal)))
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    status = 0
-    for name in args.containers:
-        try:
-            engine.remove(name, force=args.force, volumes=args.volumes)
-            print(name)
-        except _errors() as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            status = 1
-    return status
+    return for_each(
+        args.containers, lambda name: engine.remove(name, force=args.force, volumes=args.volumes)
+    )
 
 
 def cmd_wait(args: argparse.Namespace) -> int:

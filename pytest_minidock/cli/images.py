@@ -11,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pytest_minidock.reference import Reference
     from pytest_minidock.store.store import Store
@@ -152,15 +152,12 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     from pytest_minidock.api import Engine
 
     engine = Engine(args.root, launcher=False)
-    status = 0
-    for name in args.images:
-        try:
-            for line in engine.remove_image(name, force=args.force):
-                print(line)
-        except _minidock_error() as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            status = 1
-    return status
+
+    def remove(name: str) -> None:
+        for line in engine.remove_image(name, force=args.force):
+            print(line)
+
+    return for_each(args.images, remove, echo=False)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -326,6 +323,24 @@ def cmd_system_check(args: argparse.Namespace) -> int:
 
 def cmd_system_prune(args: argparse.Namespace) -> int:
     return cmd_image_prune(args)
+
+
+def for_each(names: Sequence[str], action: Callable[[str], object], *, echo: bool = True) -> int:
+    """Apply ``action`` to each name as docker does: print the name (with ``echo``) or a one-line
+    error, go on with the next, and return 1 if any failed."""
+    from pytest_minidock.errors import MinidockError
+
+    status = 0
+    for name in names:
+        try:
+            action(name)
+        except MinidockError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if echo:
+            print(name)
+    return status
 
 
 def _error(message: str) -> Exception:

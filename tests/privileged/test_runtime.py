@@ -15,10 +15,10 @@ import pytest
 from pytest_minidock.api import Engine
 from pytest_minidock.errors import RuntimeFailure
 from pytest_minidock.image.changes import apply_changes
-from pytest_minidock.image.model import ContainerConfig
 from pytest_minidock.reference import Reference
 from pytest_minidock.runtime.logs import read_logs
 from pytest_minidock.spec import Overrides
+from tests.conftest import make_busybox_root
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,14 +29,8 @@ pytestmark = pytest.mark.privileged
 @pytest.fixture(scope="session")
 def runtime_root(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
     """A store holding busybox:latest and an image with ENTRYPOINT/CMD/ENV/WORKDIR/USER set."""
-    root = tmp_path_factory.mktemp("runtime-root")
+    root = make_busybox_root(tmp_path_factory.mktemp("runtime-root"), busybox_rootfs)
     engine = Engine(root)
-    with open(busybox_rootfs, "rb") as f:
-        engine.store.import_tarball(
-            f,
-            [Reference.parse("busybox:latest")],
-            changes=apply_changes(ContainerConfig(), ['CMD ["sh"]']),
-        )
     engine.store.tag("busybox", Reference.parse("configured:1"))
     record = engine.store.resolve("configured:1")
     config = engine.store.image("configured:1").config()

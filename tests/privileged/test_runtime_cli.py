@@ -22,11 +22,8 @@ import pytest
 
 from pytest_minidock.api import Engine
 from pytest_minidock.errors import MinidockError
-from pytest_minidock.image.changes import apply_changes
-from pytest_minidock.image.model import ContainerConfig
-from pytest_minidock.reference import Reference
 from pytest_minidock.spec import Overrides
-from tests.support.rootfs import BUSYBOX_CHANGES
+from tests.conftest import make_busybox_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -42,15 +39,7 @@ CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 @pytest.fixture(scope="session")
 def cli_root(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
     """A store holding busybox:latest (``CMD ["sh"]``), shared by the tests of this file."""
-    root = tmp_path_factory.mktemp("cli-root")
-    engine = Engine(root)
-    with open(busybox_rootfs, "rb") as f:
-        engine.store.import_tarball(
-            f,
-            [Reference.parse("busybox:latest")],
-            changes=apply_changes(ContainerConfig(), BUSYBOX_CHANGES),
-        )
-    return root
+    return make_busybox_root(tmp_path_factory.mktemp("cli-root"), busybox_rootfs)
 
 
 @pytest.fixture(scope="session")
