@@ -973,11 +973,19 @@ class Monitor:
                 launch.cgroup.kill_all(signal.SIGKILL)
             with contextlib.suppress(Exception):
                 launch.cgroup.remove()
-        state = self.state.read_state(launch.cid)
-        if state.status != "removing":
-            self.state.update(
-                launch.cid, status="exited", exit_code=code, finished_at=now_iso(), oom_killed=oom
-            )
+        with self.state.locked(launch.cid):  # one read-modify-write: `rm -f` may be under way
+            state = self.state.read_state(launch.cid)
+            if state.status != "removing":
+                self.state.write_state(
+                    launch.cid,
+                    replace(
+                        state,
+                        status="exited",
+                        exit_code=code,
+                        finished_at=now_iso(),
+                        oom_killed=oom,
+                    ),
+                )
         if launch.auto_remove:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
