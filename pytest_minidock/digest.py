@@ -21,6 +21,7 @@ __all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _ALGO_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*$")
 _CHUNK = 1 << 20
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -37,7 +38,7 @@ class Digest:
                 f"invalid digest {self.algorithm}:{self.hex}: unsupported algorithm "
                 f"{self.algorithm!r} (use sha256 or sha512)"
             )
-        if len(self.hex) != expected or not all(c in "0123456789abcdef" for c in self.hex):
+        if len(self.hex) != expected or not _HEX_RE.fullmatch(self.hex):
             raise InvalidDigest(
                 f"invalid digest {self.algorithm}:{self.hex}: expected {expected} lower-case hex "
                 "characters"

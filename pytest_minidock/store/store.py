@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import (
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from pytest_minidock.image.protocols import Image
     from pytest_minidock.store.layers import LayerBlob
     from pytest_minidock.store.snapshots import ExtractPolicy
+
+T = TypeVar("T")
 
 __all__ = ["DiskUsage", "ImageRecord", "PruneReport", "Store", "StoreImage", "StoreLayer"]
 
@@ -130,7 +132,7 @@ class StoreImage:
         return self._raw_manifest
 
     def manifest(self) -> Manifest:
-        return Manifest.from_json(self.raw_manifest(), f"manifest {self.descriptor.digest}")
+        return self._store.parsed(self.descriptor.digest, Manifest.from_json, "manifest")
 
     def raw_config(self) -> bytes:
         if self._raw_config is None:
@@ -138,7 +140,7 @@ class StoreImage:
         return self._raw_config
 
     def config(self) -> ImageConfig:
-        return ImageConfig.from_json(self.raw_config(), f"config {self.manifest().config.digest}")
+        return self._store.parsed(self.manifest().config.digest, ImageConfig.from_json, "config")
 
     def layers(self) -> list[StoreLayer]:
         manifest = self.manifest()
@@ -178,6 +180,7 @@ class Store:
         self._policy = policy
         self._images_cache: tuple[tuple[int, ...], tuple[ImageRecord, ...]] | None = None
         self._json_blobs: dict[Digest, bytes] = {}
+        self._parsed: dict[tuple[Digest, str], Any] = {}
         self._ensure_layout()
 
     @property
@@ -247,6 +250,17 @@ class Store:
                 self._json_blobs.clear()
             self._json_blobs[digest] = data
         return data
+
+    def parsed(self, digest: Digest, parse: Callable[[bytes, str], T], what: str) -> T:
+        """A manifest or config parsed once per digest (blobs never change once written)."""
+        key = (digest, what)
+        value = self._parsed.get(key)
+        if value is None:
+            value = parse(self.read_json_blob(digest), f"{what} {digest}")
+            if len(self._parsed) > 512:
+                self._parsed.clear()
+            self._parsed[key] = value
+        return value
 
     def _record(self, descs: list[Descriptor]) -> ImageRecord:
         first = descs[0]
