@@ -34,6 +34,8 @@ import stat
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from pytest_minidock.capabilities import NAMES as CAPABILITIES
+from pytest_minidock.capabilities import normalize as normalize_capability
 from pytest_minidock.errors import ImageError, RuntimeFailure, StoreError, UsageError
 from pytest_minidock.image.model import Healthcheck
 
@@ -72,50 +74,6 @@ DEFAULT_STOP_TIMEOUT: Final = 10
 JSON_VERSION: Final = 1
 """Version of the ``ContainerSpec`` JSON written by ``to_json``."""
 
-CAPABILITIES: Final = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-)
-"""Linux capability names, index = capability number (``CAP_CHOWN`` is 0)."""
 
 _MAX_ID: Final = 2**31 - 1
 _MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX
@@ -547,18 +505,6 @@ def _check_network(network: str) -> str:
             f"{_NAME_CHARS}*"
         )
     return network
-
-
-def normalize_capability(name: str) -> str:
-    """``net_admin`` → ``CAP_NET_ADMIN`` (``ALL`` stays); ``UsageError`` if unknown (docker's)."""
-    cap = name.upper()
-    if cap == "ALL":
-        return cap
-    if not cap.startswith("CAP_"):
-        cap = "CAP_" + cap
-    if cap not in CAPABILITIES:
-        raise UsageError(f"unknown capability: {name!r}")
-    return cap
 
 
 def _caps(names: Iterable[str]) -> tuple[str, ...]:

@@ -13,11 +13,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_minidock"
 
 # module (or package) -> the pytest_minidock modules it may import, besides itself and the leaves.
-LEAVES = {"errors", "digest", "reference"}
+LEAVES = {"errors", "digest", "reference", "capabilities"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "digest": set(),
     "reference": set(),
+    "capabilities": set(),
     "dockerfile": set(),
     "image": set(),
     "store": {"image"},

@@ -16,7 +16,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from pytest_minidock.errors import UsageError
+from pytest_minidock.capabilities import NUMBERS, normalize
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -98,49 +98,7 @@ PR_GET_NO_NEW_PRIVS: Final = 39
 # -- capabilities (linux/capability.h) ------------------------------------------------------------
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
-CAPS: Final[dict[str, int]] = {
-    "CAP_CHOWN": 0,
-    "CAP_DAC_OVERRIDE": 1,
-    "CAP_DAC_READ_SEARCH": 2,
-    "CAP_FOWNER": 3,
-    "CAP_FSETID": 4,
-    "CAP_KILL": 5,
-    "CAP_SETGID": 6,
-    "CAP_SETUID": 7,
-    "CAP_SETPCAP": 8,
-    "CAP_LINUX_IMMUTABLE": 9,
-    "CAP_NET_BIND_SERVICE": 10,
-    "CAP_NET_BROADCAST": 11,
-    "CAP_NET_ADMIN": 12,
-    "CAP_NET_RAW": 13,
-    "CAP_IPC_LOCK": 14,
-    "CAP_IPC_OWNER": 15,
-    "CAP_SYS_MODULE": 16,
-    "CAP_SYS_RAWIO": 17,
-    "CAP_SYS_CHROOT": 18,
-    "CAP_SYS_PTRACE": 19,
-    "CAP_SYS_PACCT": 20,
-    "CAP_SYS_ADMIN": 21,
-    "CAP_SYS_BOOT": 22,
-    "CAP_SYS_NICE": 23,
-    "CAP_SYS_RESOURCE": 24,
-    "CAP_SYS_TIME": 25,
-    "CAP_SYS_TTY_CONFIG": 26,
-    "CAP_MKNOD": 27,
-    "CAP_LEASE": 28,
-    "CAP_AUDIT_WRITE": 29,
-    "CAP_AUDIT_CONTROL": 30,
-    "CAP_SETFCAP": 31,
-    "CAP_MAC_OVERRIDE": 32,
-    "CAP_MAC_ADMIN": 33,
-    "CAP_SYSLOG": 34,
-    "CAP_WAKE_ALARM": 35,
-    "CAP_BLOCK_SUSPEND": 36,
-    "CAP_AUDIT_READ": 37,
-    "CAP_PERFMON": 38,
-    "CAP_BPF": 39,
-    "CAP_CHECKPOINT_RESTORE": 40,
-}
+CAPS: Final[dict[str, int]] = NUMBERS
 """Capability numbers by their ``CAP_`` name."""
 
 DOCKER_DEFAULT_CAPS: Final = frozenset(
@@ -173,15 +131,11 @@ def parse_caps(names: Iterable[str]) -> frozenset[int]:
     """
     out: set[int] = set()
     for raw in names:
-        name = raw.strip().upper()
+        name = normalize(raw.strip())
         if name == "ALL":
             out.update(CAPS.values())
-            continue
-        key = name if name.startswith("CAP_") else "CAP_" + name
-        try:
-            out.add(CAPS[key])
-        except KeyError:
-            raise UsageError(f"unknown capability: {raw!r}") from None
+        else:
+            out.add(CAPS[name])
     return frozenset(out)
 
 
