@@ -702,6 +702,12 @@ class Runtime:
         is_priv = spec.privileged if privileged is None else privileged
         cwd = workdir or spec.workdir or "/"
         pid1 = record.state.pid
+        # The container's own cgroups (it has some only when it has limits), to join them too.
+        cgroup_procs = (
+            [f"{p}/cgroup.procs" for p in self.cgroups.open(record.id).paths if p.is_dir()]
+            if _limits(spec).requested
+            else []
+        )
         ns_fds = {}
         for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
             try:
@@ -726,7 +732,7 @@ class Runtime:
                     self.sys.set_pdeathsig(signal.SIGKILL)
                     os.close(sync_r)
                     # Join the container's cgroups while the host's /sys/fs/cgroup is visible.
-                    for p in _cgroup_procs_of(pid1):
+                    for p in cgroup_procs:
                         with contextlib.suppress(OSError), open(p, "w") as f:
                             f.write(str(os.getpid()))
                     for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
@@ -1247,40 +1253,6 @@ def _limits(spec: ContainerSpec) -> Any:
         cpus=parse_cpus(spec.cpus) if spec.cpus else None,
         pids=spec.pids_limit,
     )
-
-
-def _cgroup_procs_of(pid: int) -> list[str]:
-    """The ``cgroup.procs`` files of every hierarchy ``pid`` belongs to (to join them)."""
-    out: list[str] = []
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return out
-    mounts = _cgroup_mounts()
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "/minidock/" not in path:  # the container has no group of its own there
-            continue
-        for mount_point, opts in mounts:
-            if (controllers == "" and opts == "cgroup2") or (
-                controllers and set(controllers.split(",")) <= set(opts.split(","))
-            ):
-                out.append(f"{mount_point}{path}/cgroup.procs")
-                break
-    return out
-
-
-def _cgroup_mounts() -> list[tuple[str, str]]:
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fstype, _, super_opts = right.split(" ", 2)[0], None, right.split(" ")[-1]
-        mount_point = left.split(" ")[4]
-        if fstype == "cgroup2":
-            out.append((mount_point, "cgroup2"))
-        elif fstype == "cgroup":
-            out.append((mount_point, super_opts))
-    return out
 
 
 def _collect(out_r: int, err_r: int) -> tuple[bytes, bytes]:
