@@ -33,16 +33,12 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
-    from pytest_minidock.spec import Overrides, parse_env
+    from pytest_minidock.spec import Overrides, parse_env, parse_labels
 
     env: list[str] = []
     for path in args.env_file:
         env.extend(engine.env_file(path))
     env.extend(parse_env(args.env, dict(os.environ)))
-    labels = {}
-    for item in args.label:
-        key, _, value = item.partition("=")
-        labels[key] = value
     return Overrides(
         command=tuple(args.command) if args.command else None,
         # docker takes the whole string as the program: "--entrypoint 'a b'" runs "a b"
@@ -65,7 +61,7 @@ def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
         stop_timeout=args.stop_timeout,
         cap_add=tuple(args.cap_add),
         cap_drop=tuple(args.cap_drop),
-        labels=labels,
+        labels=parse_labels(args.label),
         network=args.network,
     )
 
@@ -89,15 +85,7 @@ def _raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    engine.cleanup()
-    record = engine.create(
-        args.image,
-        _overrides(args, engine),
-        name=args.name,
-        auto_remove=args.rm,
-        keep=not args.rm,  # docker keeps it until ``rm``, even after the CLI has exited
-        detached=args.detach,
-    )
+    record = _create(engine, args, detached=args.detach)
     if args.detach:
         engine.start(record.id, detached=True)
         print(record.id)
@@ -127,17 +115,21 @@ def _run_attached(engine: Engine, cid: str, args: argparse.Namespace) -> int:
     return os.WEXITSTATUS(status)
 
 
-def cmd_create(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+def _create(engine: Engine, args: argparse.Namespace, *, detached: bool) -> ContainerRecord:
+    """``create`` and ``run``: clean what crashed owners left, then create from the flags."""
     engine.cleanup()
-    record = engine.create(
+    return engine.create(
         args.image,
         _overrides(args, engine),
         name=args.name,
         auto_remove=args.rm,
-        keep=not args.rm,  # survives ``start -a`` and the CLI's exit until ``rm``
-        detached=True,
+        keep=not args.rm,  # docker keeps it until ``rm``, after ``start -a`` and the CLI's exit
+        detached=detached,
     )
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    record = _create(_engine(args), args, detached=True)
     print(record.id)
     return 0
 
