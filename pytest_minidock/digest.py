@@ -9,12 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from pytest_minidock.errors import DigestMismatch, InvalidDigest
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
 
 __all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]
 
@@ -113,11 +110,3 @@ def sha256_file(fileobj: IO[bytes]) -> tuple[Digest, int]:
     for chunk in iter(lambda: fileobj.read(_CHUNK), b""):
         h.update(chunk)
     return h.digest(), h.size
-
-
-def sha256_chunks(chunks: Iterable[bytes]) -> Digest:
-    """The sha256 ``Digest`` of the concatenation of ``chunks``."""
-    h = Hasher()
-    for c in chunks:
-        h.update(c)
-    return h.digest()

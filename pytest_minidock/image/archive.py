@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from pytest_minidock.digest import Digest, Hasher, sha256_file
-from pytest_minidock.errors import ImageError, InvalidDigest, InvalidReference
+from pytest_minidock.errors import ImageError, InvalidReference
 from pytest_minidock.image import mediatypes as mt
 from pytest_minidock.image.model import (
     CONTAINERD_NAME,
@@ -435,14 +435,3 @@ def _norm(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.rstrip("/")
-
-
-def parse_blob_path(path: str) -> Digest | None:
-    """The digest named by a ``blobs/<algo>/<hex>`` path, or None."""
-    parts = _norm(path).split("/")
-    if len(parts) == 3 and parts[0] == "blobs":
-        try:
-            return Digest(parts[1], parts[2])
-        except InvalidDigest:
-            return None
-    return None

@@ -647,7 +647,7 @@ class Runtime:
             if cid:  # a crash mid-removal: its cgroup may be left too
                 with contextlib.suppress(Exception):
                     self.cgroups.remove_stale(cid)
-            _rmtree(trash)
+            _remove_tree(trash)
         for record in self.state.all():
             state = record.state
             if state.status == "running" and not state.monitor_alive():
@@ -1158,7 +1158,7 @@ def remove_files(
         os.rename(d, trash)
     if name:
         state.release_name(name, cid)
-    _rmtree(trash)
+    _remove_tree(trash)
 
 
 def _stdio_fds(stdio: Stdio) -> set[int]:
@@ -1327,16 +1327,8 @@ def _slug(path: str) -> str:
     return path.strip("/").replace("/", "_") or "root"
 
 
-def _rmtree(path: Path) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o700)
-            func(p)
+def _remove_tree(path: Path) -> None:
+    # The store's helper, imported here so that the launcher's start stays lean.
+    from pytest_minidock.store.blobs import remove_tree
 
-    if path.exists():
-        shutil.rmtree(path, onerror=onerror)
-
-
-def replace_state(state: ContainerState, **changes: Any) -> ContainerState:
-    """A copy of ``state`` with ``changes`` (for tests)."""
-    return replace(state, **changes)
+    remove_tree(path)

@@ -13,7 +13,7 @@ import contextlib
 import os
 import secrets
 import time
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from pytest_minidock.digest import Digest, Hasher
 from pytest_minidock.errors import BlobNotFound, DigestMismatch, StoreError
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-__all__ = ["BlobStore", "BlobWriter", "fsync_dir", "pid_alive"]
+__all__ = ["BlobStore", "BlobWriter", "fsync_dir", "pid_alive", "remove_tree"]
 
 _CHUNK = 1 << 20
 STALE_TEMP_SECONDS = 24 * 3600
@@ -247,16 +247,23 @@ class BlobStore:
             if (pid is not None and pid != os.getpid() and not pid_alive(pid)) or (
                 age > STALE_TEMP_SECONDS
             ):
-                _remove_tree(entry)
+                remove_tree(entry)
                 removed += 1
         return removed
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
+    """Remove a file or a directory tree, also read-only directories a layer made (as root or
+    not); a path that is already gone is fine."""
     import shutil
 
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o700)
+            func(p)
+
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, onerror=onerror)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import os
 import queue
-import shutil
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from pytest_minidock.image.model import (
 )
 from pytest_minidock.reference import Reference, is_image_id_prefix
 from pytest_minidock.store import index as idx
-from pytest_minidock.store.blobs import BlobStore, pid_alive
+from pytest_minidock.store.blobs import BlobStore, pid_alive, remove_tree
 from pytest_minidock.store.locking import exclusive, gc_exclusive, gc_shared
 from pytest_minidock.store.paths import StorePaths, default_root
 
@@ -552,7 +551,7 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 tmp_blob.unlink()
             if tmp_snap.exists():
-                _rmtree(tmp_snap)
+                remove_tree(tmp_snap)
 
     def _publish_snapshot(self, tmp_snap: Path, diff_id: Digest) -> None:
         final = self.paths.snapshots / diff_id.hex
@@ -588,7 +587,7 @@ class Store:
                 os.replace(tmp_snap, final)
             finally:
                 if tmp_snap.exists():
-                    _rmtree(tmp_snap)
+                    remove_tree(tmp_snap)
         return final / "fs"
 
     def lowerdirs(self, text: str) -> list[Path]:
@@ -711,7 +710,7 @@ class Store:
                     keep = False
                 if not keep:
                     freed += _dir_size(snap)
-                    _rmtree(snap)
+                    remove_tree(snap)
             self.blobs.remove_stale_temps()
             self._remove_stale_index_temps()
         return freed
@@ -774,12 +773,6 @@ class Store:
                 problems.append(f"snapshot {snap} is incomplete (no fs/)")
         return problems
 
-    def temp_dir(self, prefix: str) -> Path:
-        """A fresh directory under the store's tmp dir (same filesystem as blobs and snapshots)."""
-        path = self.blobs.temp_path(prefix)
-        path.mkdir(parents=True)
-        return path
-
 
 def _drop(entries: list[Descriptor], *, digest: Digest) -> list[Descriptor]:
     return idx.drop_image(entries, digest)
@@ -807,12 +800,3 @@ def _dir_size(path: Path) -> int:
         return int((path / "size").read_text())
     except (OSError, ValueError):
         return 0
-
-
-def _rmtree(path: Path) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
