@@ -1,17 +1,21 @@
 """Where one library start+exit spends its time, across the owner, the monitor and PID 1.
 
 Run (as root): ``.venv/bin/python -m benchmarks.profile_runtime [--network none|host]
-[--runs 20] [--cprofile]``. Wraps the runtime's functions (by name, at run time; a name that no
-longer exists is skipped) so that each call stamps the monotonic clock into memory shared with the
-forked processes (it survives ``pivot_root`` and the closing of descriptors), then prints the
-timeline of one run and, per phase, the median over ``--runs`` runs. ``--cprofile`` adds a
-cProfile of the owner's side. Nothing here changes what the runtime does, only how long it takes.
+[--runs 20] [--launcher] [--cprofile]``. Wraps the runtime's functions (by name, at run time;
+a name that no longer exists is skipped) so that each call stamps the monotonic clock into
+memory shared with the forked processes (it survives ``pivot_root`` and the closing of
+descriptors), then prints the timeline of one run and, per phase, the median over ``--runs``
+runs. Without ``--launcher`` the owner forks the monitor itself (the CLI's path); with it PID 1
+comes from the launcher (the library's default), started here as ``benchmarks._profiled_launcher``
+with the same stamps (the memory is then a file in /dev/shm named by ``$MINIDOCK_PROFILE_SHM``).
+``--cprofile`` adds a cProfile of the owner's side. Nothing here changes what the runtime does.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import functools
 import mmap
@@ -29,9 +33,27 @@ from benchmarks.bench_runtime import WARMUPS, make_store
 
 _REC = struct.Struct("<iq48s")
 _REGION = 1 << 16
-_ROLES = "PMX"  # owner (parent), monitor, PID 1
-_shm = mmap.mmap(-1, _REGION * len(_ROLES), mmap.MAP_SHARED)
+_ROLES = "PMXL"  # owner (parent), monitor, PID 1, launcher
 _role = [0]
+
+
+def _map() -> mmap.mmap:
+    """The stamps' memory: shared with forked children, and with the launcher through a file."""
+    size = _REGION * len(_ROLES)
+    path = os.environ.get("MINIDOCK_PROFILE_SHM")
+    if path is None:
+        fd, path = tempfile.mkstemp(prefix="minidock-profile-", dir="/dev/shm")
+        os.ftruncate(fd, size)
+        os.environ["MINIDOCK_PROFILE_SHM"] = path
+    else:
+        fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, size, mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+
+
+_shm = _map()
 
 
 def stamp(label: str) -> None:
@@ -135,6 +157,7 @@ def main() -> None:
     parser.add_argument("--network", default="none")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--launcher", action="store_true", help="monitors forked by the launcher")
     args = parser.parse_args()
 
     from pytest_minidock.api import Engine
@@ -143,8 +166,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="minidock-prof-"))
     try:
         root, _ = make_store(work)
-        # The direct path: the launcher is a fresh interpreter these patches cannot reach.
-        engine = Engine(root, launcher=False)
+        engine = Engine(root, launcher=args.launcher)
+        if args.launcher:  # start the launcher as our instrumented copy of it
+            from pytest_minidock.runtime import launcher
+
+            vars(launcher)["__name__"] = "benchmarks._profiled_launcher"
         overrides = Overrides(command=("/bin/true",), network=args.network)
 
         def cycle() -> None:
@@ -201,9 +227,12 @@ def main() -> None:
         print("\n== median time per run inside each phase (all its calls), by process")
         for key in sorted(totals, key=lambda k: (k[0], -statistics.median(totals[k]))):
             print(f"{statistics.median(totals[key]):8.3f} ms  {_ROLES[key[0]]} {key[1]}")
-        print("P: the owner (this process), M: the monitor, X: the container's PID 1")
+        print("P: the owner (this process), M: the monitor, X: the container's PID 1,")
+        print("L: the launcher (with --launcher, also the monitor of these containers)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(os.environ["MINIDOCK_PROFILE_SHM"])
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ Process model, with no daemon::
                         (overlay, /proc, /dev, …), pivots into it, drops privileges and execs
                         the payload (or runs the minimal init of ``--init``).
 
-By default a non-detached container's monitor is not forked from the owner but from the owner's
-launcher (``runtime/launcher.py``: a small fresh interpreter, cheap to fork, that dies with the
-owner); the monitor and PID 1 run the same code (``Monitor``) either way, from the plain-data
-``_Launch``. Detached starts, containers with resource limits and ``MINIDOCK_LAUNCHER=0`` use the
-direct fork shown above.
+By default a non-detached container is not forked from the owner but from the owner's launcher
+(``runtime/launcher.py``: a small fresh interpreter, cheap to fork, that dies with the owner),
+which also monitors it from one poll loop shared by all its containers (one with a terminal or
+the owner's stdio gets a monitor process forked from the launcher); PID 1 and the monitoring run
+the same code (``Monitor``) either way, from the plain-data ``_Launch``. Detached starts,
+containers with resource limits and ``MINIDOCK_LAUNCHER=0`` use the direct fork shown above.
 
 If the owner is killed, even by SIGKILL, the kernel kills the monitor, then PID 1, and with it
 every process of the PID namespace; all mounts lived in the container's private mount namespace
@@ -523,14 +524,19 @@ class Runtime:
 
     # -- waiting and signals -------------------------------------------------------------------
     def wait(self, cid: str, timeout: float | None = None) -> int:
-        """Block until the container is not running; return its exit code."""
+        """Block until the container is not running; return its exit code.
+
+        Sleeps on a pidfd of PID 1 (the payload's exit wakes us at once), then polls the state
+        briefly until its monitor has recorded the exit (or is found dead).
+        """
         record = self.state.find(cid)
         deadline = None if timeout is None else time.monotonic() + timeout
         state = record.state
         fd = -1
-        if state.status in ("running", "removing") and state.monitor_alive():
+        if state.status in ("running", "removing") and state.running():
             with contextlib.suppress(OSError):
-                fd = self.sys.pidfd_open(state.monitor_pid)
+                fd = self.sys.pidfd_open(state.pid)
+        pause = 0.0002
         try:
             while True:
                 state = self.state.read_state(record.id)
@@ -545,11 +551,14 @@ class Runtime:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise RuntimeFailure(f"timed out waiting for container {record.name}")
-                wait_for = 0.05 if remaining is None else min(0.05, remaining)
-                if fd >= 0:
-                    select.select([fd], [], [], wait_for)
-                else:
-                    time.sleep(wait_for)
+                if fd >= 0:  # until PID 1 exits
+                    wait_for = 0.05 if remaining is None else min(0.05, remaining)
+                    if select.select([fd], [], [], wait_for)[0]:
+                        os.close(fd)
+                        fd = -1
+                else:  # PID 1 is gone (or not ours to watch): the monitor records it soon
+                    time.sleep(pause if remaining is None else min(pause, remaining))
+                    pause = min(pause * 2, 0.05)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -946,20 +955,7 @@ class Monitor:
             with socket.socket(fileno=tty_master) as sock:
                 _, fds, _, _ = socket.recv_fds(sock, 1, 1)
             tty_master = fds[0] if fds else -1
-        start = process_start_time(pid)
-        self.state.update(
-            launch.cid,
-            status="running",
-            pid=pid,
-            pid_start=start,
-            monitor_pid=monitor_pid,
-            monitor_start=process_start_time(monitor_pid),
-            started_at=now_iso(),
-            finished_at="",
-            exit_code=0,
-            error="",
-            detached=not launch.bound,
-        )
+        self.record_running(pid, monitor_pid, process_start_time(monitor_pid))
         os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())
         os.close(sync_w)
         log = LogWriter(launch.dir / "log")
@@ -971,6 +967,13 @@ class Monitor:
         _, status = os.waitpid(pid, 0)
         code = _exit_code(status)
         log.close()
+        self.record_exit(code)
+        return code
+
+    def record_exit(self, code: int) -> None:
+        """The payload exited with ``code``: drop the cgroup, record the exit (unless an
+        ``rm -f`` is under way) and, for ``--rm``, remove the container."""
+        launch = self.launch
         oom = False
         if launch.cgroup is not None:
             with contextlib.suppress(Exception):
@@ -995,7 +998,23 @@ class Monitor:
         if launch.auto_remove:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
-        return code
+
+    def record_running(self, pid: int, monitor_pid: int, monitor_start: int | None) -> None:
+        """PID 1 was forked: the container is running (the owner reads it once started)."""
+        launch = self.launch
+        self.state.update(
+            launch.cid,
+            status="running",
+            pid=pid,
+            pid_start=process_start_time(pid),
+            monitor_pid=monitor_pid,
+            monitor_start=monitor_start,
+            started_at=now_iso(),
+            finished_at="",
+            exit_code=0,
+            error="",
+            detached=not launch.bound,
+        )
 
     def _pump(
         self, log: LogWriter, out_r: int, err_r: int, stdio: Stdio
@@ -1057,14 +1076,20 @@ class Monitor:
         tty_master: int,
         out_r: int,
         err_r: int,
+        parent_pidfd: int = -1,
     ) -> None:  # pragma: no cover - child
-        """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec."""
+        """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec.
+
+        ``parent_pidfd``: a pidfd of the forking process; if it died before PR_SET_PDEATHSIG
+        took effect, PID 1 exits at once (``getppid`` cannot tell: it is 0 in a new PID ns)."""
         from pytest_minidock.runtime import _sys, mounts
 
         sys_ = self.sys
         code, message = EXIT_RUNTIME, ""
         try:
             sys_.set_pdeathsig(signal.SIGKILL)
+            if parent_pidfd >= 0 and select.select([parent_pidfd], [], [], 0)[0]:
+                os._exit(EXIT_RUNTIME)
             for fd in (out_r, err_r, tty_master):
                 if fd >= 0:
                     os.close(fd)

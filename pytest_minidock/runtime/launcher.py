@@ -1,18 +1,21 @@
-"""The launcher: a small helper process that forks containers' monitors for its owner.
+"""The launcher: a small helper process that starts, and monitors, containers for its owner.
 
 Forking the owner (pytest, with tens or hundreds of MB mapped) costs ~5 ms and more per fork,
-copy-on-write faults in the monitor and the teardown of the copied address space at exec. So the
+copy-on-write faults in the child and the teardown of the copied address space at exec. So the
 owner starts, once and lazily, a fresh interpreter with only the runtime's own small modules
-imported (no store, image model or spec), and asks it to fork the monitors instead::
+imported (no store, image model or spec), and asks it to start containers instead::
 
     owner (pytest, an xdist worker)
       └─ launcher       ``python -m pytest_minidock.runtime.launcher FD OWNER_PID``; one per owner
          │              process; PR_SET_PDEATHSIG(SIGKILL), and it exits when its socket closes.
-         └─ monitor     forked from the launcher: cheap; the same ``container.Monitor`` code as
-            │           the direct path; its PR_SET_PDEATHSIG is relative to the launcher.
-            └─ PID 1
+         │              It is the monitor of its plain containers: logs their output from one
+         │              poll loop and records their exits (``_Supervisor``), so a running
+         │              container costs no Python process of its own.
+         ├─ PID 1       forked from the launcher after ``unshare(CLONE_NEWPID)``; dies with it.
+         └─ monitor     only for containers with a terminal or the owner's stdio: forked from the
+            └─ PID 1    launcher, the same ``container.Monitor`` code as the direct path.
 
-The owner's SIGKILL kills the launcher, which kills the monitors, which kill their PID 1s.
+The owner's SIGKILL kills the launcher, which kills its PID 1s and monitors (and they theirs).
 
 Protocol, over a unix stream socketpair: a request is a 4-byte big-endian length and that many
 bytes of JSON (``container._Launch.to_wire``: plain data only), sent in one ``sendmsg`` carrying
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -264,8 +268,140 @@ def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | Non
         raise
 
 
+class _Supervised:
+    """One container the launcher monitors itself: its PID 1, output pipes and log."""
+
+    __slots__ = ("code", "log", "monitor", "open_fds", "pid")
+
+    def __init__(self, monitor: Any, pid: int, log: Any, fds: tuple[int, int]) -> None:
+        self.monitor = monitor
+        self.pid = pid
+        self.log = log
+        self.open_fds = set(fds)
+        self.code: int | None = None
+
+
+class _Supervisor:  # pragma: no cover - the launcher process
+    """The launcher as the monitor of its owner's plain containers (no terminal, no stdio).
+
+    Such a container costs no process of its own: PID 1 is forked from here (after
+    ``unshare(CLONE_NEWPID)``; ``setns`` back to our own PID namespace afterwards), its output
+    is logged by this process's poll loop and its exit recorded here, with the same ``Monitor``
+    code as a separate monitor process uses. Containers with a terminal or the owner's stdio
+    still get a monitor process each (forwarding to a slow reader must not stall the others).
+    """
+
+    def __init__(self, sys_: Any, poller: Any) -> None:
+        from pytest_minidock.runtime.state import process_start_time
+
+        self.sys = sys_
+        self.poller = poller
+        self.me = os.getpid()
+        self.me_start = process_start_time(self.me)
+        self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.pidfd = sys_.pidfd_open(self.me)
+        self.by_fd: dict[int, tuple[_Supervised, str]] = {}
+        self.by_pid: dict[int, _Supervised] = {}
+
+    def start(self, monitor: Any, sync_w: int) -> None:
+        """Fork PID 1 of ``monitor.launch``, record it running and answer ``P`` on ``sync_w``."""
+        from pytest_minidock.runtime import _sys
+        from pytest_minidock.runtime.container import EXIT_RUNTIME
+        from pytest_minidock.runtime.logs import LogWriter
+
+        launch = monitor.launch
+        log = LogWriter(launch.dir / "log")
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = -1
+        try:
+            self.sys.unshare(_sys.CLONE_NEWPID)
+            try:
+                pid = os.fork()
+            finally:
+                if pid != 0:
+                    self.sys.setns(self.pidns, _sys.CLONE_NEWPID)
+            if pid == 0:
+                try:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    monitor._pid1(
+                        launch,
+                        sync_w=sync_w,
+                        out_w=out_w,
+                        err_w=err_w,
+                        tty_slave=-1,
+                        tty_master=-1,
+                        out_r=out_r,
+                        err_r=err_r,
+                        parent_pidfd=self.pidfd,
+                    )
+                finally:
+                    os._exit(EXIT_RUNTIME)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            log.close()
+            raise
+        finally:
+            if pid != 0:
+                os.close(out_w)
+                os.close(err_w)
+        item = _Supervised(monitor, pid, log, (out_r, err_r))
+        self.by_pid[pid] = item
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            self.by_fd[fd] = (item, stream)
+            self.poller.register(fd, select.POLLIN)
+        try:
+            monitor.record_running(pid, self.me, self.me_start)
+        except BaseException as exc:  # no state to run in: stop it, report why
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise RuntimeFailure(f"cannot record container {launch.cid[:12]}: {exc}") from exc
+        os.write(sync_w, f"P {pid} {self.me}\n".encode())
+
+    def output(self, fd: int) -> None:
+        """Log what PID 1's processes wrote on ``fd`` (closed at its end)."""
+        item, stream = self.by_fd[fd]
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if data:
+            item.log.write(stream, data)
+            return
+        self.poller.unregister(fd)
+        os.close(fd)
+        del self.by_fd[fd]
+        item.open_fds.discard(fd)
+        self._finish(item)
+
+    def reap(self) -> None:
+        """Collect every exited child: our PID 1s (their exit is recorded) and monitors."""
+        from pytest_minidock.runtime.container import _exit_code
+
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            item = self.by_pid.pop(pid, None)
+            if item is not None:
+                item.code = _exit_code(status)
+                self._finish(item)
+
+    def _finish(self, item: _Supervised) -> None:
+        """Record the exit once PID 1 is gone and its output fully logged."""
+        if item.code is None or item.open_fds:
+            return
+        item.log.close()
+        with contextlib.suppress(Exception):
+            item.monitor.record_exit(item.code)
+
+
 def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the launcher process
-    import select
     from pathlib import Path
 
     from pytest_minidock.runtime._sys import LinuxSyscalls
@@ -278,53 +414,50 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    supervisor = _Supervisor(sys_, poller)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
-                _reap()
+                supervisor.reap()
+                continue
+            if fd != sock.fileno():
+                supervisor.output(fd)
                 continue
             try:
                 got = _recv_request(sock)
             except (OSError, ValueError, EOFError):
-                return  # a broken stream: the owner is gone or confused; the monitors die with us
+                return  # a broken stream: the owner is gone or confused; the containers die with us
             if got is None:
                 return
             request, fds = got
             sync_w, rest = fds[0], fds[1:]
+            pid = -1
             try:
                 launch = _Launch.from_wire(request, rest)
                 if launch.root not in states:
                     states[launch.root] = StateDir(Path(launch.root))
-                state = states[launch.root]
-                pid = os.fork()
+                monitor = Monitor(launch, sys_, states[launch.root])
+                if not (launch.stdio.tty or rest):
+                    supervisor.start(monitor, sync_w)
+                else:
+                    pid = os.fork()
             except BaseException as exc:
                 with contextlib.suppress(OSError):
                     os.write(sync_w, f"E {EXIT_RUNTIME} cannot launch: {exc}\n".encode())
-                pid = -1
             if pid == 0:
                 try:
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     sock.close()
                     os.close(wake_r)
-                    Monitor(launch, sys_, state).entry(sync_w, False, parent=me)
+                    monitor.entry(sync_w, False, parent=me)
                 finally:
                     os._exit(EXIT_RUNTIME)
             for received in fds:
                 with contextlib.suppress(OSError):
                     os.close(received)
-
-
-def _reap() -> None:  # pragma: no cover - the launcher process
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - the launcher process

@@ -94,8 +94,9 @@ time.sleep(1000)
     launcher_pid, containers = pids[0], pids[1:]
     for pid in pids:
         assert Path(f"/proc/{pid}").exists()
-    for monitor in containers[1::2]:
-        assert ppid(monitor) == launcher_pid
+    for pid1, monitor in zip(containers[0::2], containers[1::2], strict=True):
+        assert monitor == launcher_pid  # the launcher monitors plain containers itself
+        assert ppid(pid1) == launcher_pid
     assert ppid(launcher_pid) == proc.pid
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -121,7 +122,9 @@ def test_the_launcher_starts_once_and_serves_many_containers(engine: Engine) -> 
     second = Engine(engine.root)  # another Runtime in this process: the same launcher
     s = second.run("busybox", Overrides(command=("sleep", "30")))
     try:
-        assert ppid(s.monitor_pid) == pid
+        assert s.monitor_pid == pid  # no monitor process of its own
+        assert ppid(s.pid) == pid
+        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == [str(s.pid)]
     finally:
         second.remove(s.id, force=True)
     assert shared.starts == starts
@@ -139,6 +142,9 @@ def test_attached_stdout_and_stdin_pass_through(engine: Engine) -> None:
         os.close(in_r)
         os.close(out_w)
         in_r = out_w = -1
+        # the owner's stdio: a monitor process of its own (a slow reader stalls no other)
+        assert s.monitor_pid != launcher.shared().pid
+        assert ppid(s.monitor_pid) == launcher.shared().pid
         os.write(in_w, b"hello through the launcher\n")
         os.close(in_w)
         in_w = -1
@@ -249,9 +255,22 @@ time.sleep(1000)
             assert str(marker) not in targets.values()
             assert owner_pipe not in targets.values()
             assert {targets[0], targets[1], targets[2]} == {"/dev/null"}
-        own = fd_targets(int(launcher_pid))  # 3 x /dev/null, its wake-up pipe, its socket
-        assert len(own) == 6
-        assert all(t == "/dev/null" or t.startswith(("pipe:", "socket:")) for t in own.values())
+        # 3 x /dev/null, its wake-up pipe (2), its socket, its own PID namespace and pidfd;
+        # and for the one container it monitors: two output pipes and the log file.
+        own = sorted(fd_targets(int(launcher_pid)).values())
+        assert len(own) == 11
+        log = [t for t in own if t.endswith("/log")]
+        assert len(log) == 1
+        rest = [t for t in own if t not in log and t != "/dev/null"]
+        assert sorted(t.split(":")[0] for t in rest) == [
+            "anon_inode",
+            "pid",
+            "pipe",
+            "pipe",
+            "pipe",
+            "pipe",
+            "socket",
+        ]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
