@@ -536,7 +536,7 @@ class Runtime:
         if state.status in ("running", "removing") and state.running():
             with contextlib.suppress(OSError):
                 fd = self.sys.pidfd_open(state.pid)
-        pause = 0.0002
+        pause, polls = 0.00025, 0
         try:
             while True:
                 state = self.state.read_state(record.id)
@@ -558,7 +558,9 @@ class Runtime:
                         fd = -1
                 else:  # PID 1 is gone (or not ours to watch): the monitor records it soon
                     time.sleep(pause if remaining is None else min(pause, remaining))
-                    pause = min(pause * 2, 0.05)
+                    polls += 1
+                    if polls > 40:  # ~10 ms at 0.25 ms, then less and less often
+                        pause = min(pause * 1.5, 0.05)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -1077,33 +1079,32 @@ class Monitor:
         out_r: int,
         err_r: int,
         parent_pidfd: int = -1,
+        prepared: bool = False,
     ) -> None:  # pragma: no cover - child
         """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec.
 
         ``parent_pidfd``: a pidfd of the forking process; if it died before PR_SET_PDEATHSIG
-        took effect, PID 1 exits at once (``getppid`` cannot tell: it is 0 in a new PID ns)."""
-        from pytest_minidock.runtime import _sys, mounts
+        took effect, PID 1 exits at once (``getppid`` cannot tell: it is 0 in a new PID ns).
+        ``prepared``: this process already ran ``unshare_namespaces`` (forked ahead of time
+        by the launcher), with ``launch.own_net`` true."""
+        from pytest_minidock.runtime import mounts
 
         sys_ = self.sys
         code, message = EXIT_RUNTIME, ""
         try:
-            sys_.set_pdeathsig(signal.SIGKILL)
-            if parent_pidfd >= 0 and select.select([parent_pidfd], [], [], 0)[0]:
-                os._exit(EXIT_RUNTIME)
+            if not prepared:
+                sys_.set_pdeathsig(signal.SIGKILL)
+                if parent_pidfd >= 0 and select.select([parent_pidfd], [], [], 0)[0]:
+                    os._exit(EXIT_RUNTIME)
             for fd in (out_r, err_r, tty_master):
                 if fd >= 0:
                     os.close(fd)
             if launch.cgroup is not None:
                 launch.cgroup.add(os.getpid())
-            flags = _sys.CLONE_NEWNS | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC | _sys.CLONE_NEWCGROUP
-            own_net = launch.own_net
-            if own_net:
-                flags |= _sys.CLONE_NEWNET
-            sys_.unshare(flags)
+            if not prepared:
+                unshare_namespaces(sys_, own_net=launch.own_net)
             mounts.apply(launch.plan, sys_)
             sys_.sethostname(launch.hostname)
-            if own_net:
-                sys_.loopback_up()
             # standard streams
             if tty_slave >= 0:  # a terminal from the container's own devpts instance
                 import socket
@@ -1153,6 +1154,18 @@ class Monitor:
         with contextlib.suppress(OSError):
             os.write(sync_w, f"E {code} {message}\n".encode())
         os._exit(code)
+
+
+def unshare_namespaces(sys_: Syscalls, *, own_net: bool) -> None:  # pragma: no cover - PID 1
+    """PID 1's own mount, UTS, IPC and cgroup namespaces (and network, with its loopback up)."""
+    from pytest_minidock.runtime import _sys
+
+    flags = _sys.CLONE_NEWNS | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC | _sys.CLONE_NEWCGROUP
+    if own_net:
+        flags |= _sys.CLONE_NEWNET
+    sys_.unshare(flags)
+    if own_net:
+        sys_.loopback_up()
 
 
 def remove_files(

@@ -42,13 +42,21 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from pytest_minidock.errors import RuntimeFailure
 
 __all__ = ["Launcher", "main", "shared"]
 
 _HEADER = struct.Struct(">I")
+_PREFORK_DELAY = 0.005
+"""Seconds between a start and the fork of the next zygote: that fork and its new mount
+namespace would otherwise compete with the container being started (for the CPU, and for the
+kernel's namespace lock during its ``pivot_root``)."""
 _MAX_FDS = 4  # the sync pipe, stdin, stdout, stderr
 _MAX_REQUEST = 64 << 20
 
@@ -72,8 +80,7 @@ class Launcher:
 
     def launch(self, request: dict[str, Any], fds: list[int]) -> None:
         """Send one start request with ``fds`` (sync pipe first); start the launcher if needed."""
-        data = json.dumps(request, separators=(",", ":")).encode()
-        message = _HEADER.pack(len(data)) + data
+        message = _encode(request)
         with self._lock:
             for attempt in (1, 2):
                 sock = self._ensure()
@@ -167,6 +174,12 @@ class Launcher:
                 proc.wait(timeout=5)
             if proc.returncode is None:  # pragma: no cover - not collected: do not warn
                 proc.returncode = -signal.SIGKILL
+
+
+def _encode(request: dict[str, Any]) -> bytes:
+    """A request as sent: its length, then its JSON."""
+    data = json.dumps(request, separators=(",", ":")).encode()
+    return _HEADER.pack(len(data)) + data
 
 
 class _ParentThread:
@@ -281,6 +294,25 @@ class _Supervised:
         self.code: int | None = None
 
 
+class _Zygote:
+    """A PID 1 forked ahead of time: already in its own PID, mount, UTS, IPC, cgroup and network
+    namespaces (loopback up), blocked until it is handed a request on ``sock``."""
+
+    __slots__ = ("err_r", "out_r", "pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, out_r: int, err_r: int) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.out_r = out_r
+        self.err_r = err_r
+
+    def close(self) -> None:
+        self.sock.close()
+        for fd in (self.out_r, self.err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _Supervisor:  # pragma: no cover - the launcher process
     """The launcher as the monitor of its owner's plain containers (no terminal, no stdio).
 
@@ -289,6 +321,10 @@ class _Supervisor:  # pragma: no cover - the launcher process
     is logged by this process's poll loop and its exit recorded here, with the same ``Monitor``
     code as a separate monitor process uses. Containers with a terminal or the owner's stdio
     still get a monitor process each (forwarding to a slow reader must not stall the others).
+
+    One PID 1 is kept forked ahead (``_Zygote``): a start then costs no fork and no namespace
+    creation, only the container's own root filesystem and the exec. A container on the host's
+    network gets a fresh fork (the zygote already has a network namespace of its own).
     """
 
     def __init__(self, sys_: Any, poller: Any) -> None:
@@ -302,15 +338,14 @@ class _Supervisor:  # pragma: no cover - the launcher process
         self.pidfd = sys_.pidfd_open(self.me)
         self.by_fd: dict[int, tuple[_Supervised, str]] = {}
         self.by_pid: dict[int, _Supervised] = {}
+        self.zygote: _Zygote | None = None
 
-    def start(self, monitor: Any, sync_w: int) -> None:
-        """Fork PID 1 of ``monitor.launch``, record it running and answer ``P`` on ``sync_w``."""
+    def _fork_pid1(self, child: Callable[[int, int], None]) -> tuple[int, int, int]:
+        """Fork a PID 1 (new PID namespace) running ``child(out_w, err_w)``; its pid and the
+        read ends of its output pipes."""
         from pytest_minidock.runtime import _sys
         from pytest_minidock.runtime.container import EXIT_RUNTIME
-        from pytest_minidock.runtime.logs import LogWriter
 
-        launch = monitor.launch
-        log = LogWriter(launch.dir / "log")
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = -1
@@ -325,6 +360,90 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 try:
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    child(out_w, err_w)
+                finally:
+                    os._exit(EXIT_RUNTIME)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            if pid != 0:
+                os.close(out_w)
+                os.close(err_w)
+        return pid, out_r, err_r
+
+    def prefork(self) -> None:
+        """Keep a zygote ready (call with no received descriptor open: it would inherit it)."""
+        if self.zygote is not None:
+            return
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def child(out_w: int, err_w: int) -> None:
+            from pytest_minidock.runtime.container import (
+                EXIT_RUNTIME,
+                Monitor,
+                _Launch,
+                unshare_namespaces,
+            )
+
+            self.sys.set_pdeathsig(signal.SIGKILL)
+            if select.select([self.pidfd], [], [], 0)[0]:
+                os._exit(EXIT_RUNTIME)
+            mine.close()
+            unshare_namespaces(self.sys, own_net=True)
+            got = _recv_request(theirs)
+            if got is None:
+                os._exit(0)
+            request, fds = got
+            launch = _Launch.from_wire(request, fds[1:])
+            Monitor(launch, self.sys, cast("Any", None))._pid1(
+                launch,
+                sync_w=fds[0],
+                out_w=out_w,
+                err_w=err_w,
+                tty_slave=-1,
+                tty_master=-1,
+                out_r=-1,
+                err_r=-1,
+                prepared=True,
+            )
+
+        try:
+            pid, out_r, err_r = self._fork_pid1(child)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.zygote = _Zygote(pid, mine, out_r, err_r)
+
+    def start(self, monitor: Any, sync_w: int, message: bytes, fds: list[int]) -> None:
+        """Start ``monitor.launch`` (``message`` and ``fds``: its request as received), record it
+        running and answer ``P`` on ``sync_w``."""
+        from pytest_minidock.runtime.logs import LogWriter
+
+        launch = monitor.launch
+        log = LogWriter(launch.dir / "log")
+        try:
+            zygote, self.zygote = self.zygote, None
+            if zygote is not None and launch.own_net:
+                try:
+                    sent = socket.send_fds(zygote.sock, [message], fds)
+                    if sent < len(message):
+                        zygote.sock.sendall(message[sent:])
+                except OSError:  # it died: start the usual way
+                    zygote.close()
+                    zygote = None
+                else:
+                    pid, out_r, err_r = zygote.pid, zygote.out_r, zygote.err_r
+                    zygote.sock.close()
+            elif zygote is not None:
+                self.zygote = zygote
+                zygote = None
+            if zygote is None:
+
+                def child(out_w: int, err_w: int) -> None:
                     monitor._pid1(
                         launch,
                         sync_w=sync_w,
@@ -332,21 +451,15 @@ class _Supervisor:  # pragma: no cover - the launcher process
                         err_w=err_w,
                         tty_slave=-1,
                         tty_master=-1,
-                        out_r=out_r,
-                        err_r=err_r,
+                        out_r=-1,
+                        err_r=-1,
                         parent_pidfd=self.pidfd,
                     )
-                finally:
-                    os._exit(EXIT_RUNTIME)
+
+                pid, out_r, err_r = self._fork_pid1(child)
         except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
             log.close()
             raise
-        finally:
-            if pid != 0:
-                os.close(out_w)
-                os.close(err_w)
         item = _Supervised(monitor, pid, log, (out_r, err_r))
         self.by_pid[pid] = item
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
@@ -415,8 +528,17 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     supervisor = _Supervisor(sys_, poller)
+    with contextlib.suppress(OSError, RuntimeFailure):
+        supervisor.prefork()
+    prefork_at: float | None = None
     while True:
-        for fd, _ in poller.poll():
+        timeout = None if prefork_at is None else max(0.0, prefork_at - time.monotonic()) * 1000
+        events = poller.poll(timeout)
+        if prefork_at is not None and time.monotonic() >= prefork_at:
+            prefork_at = None
+            with contextlib.suppress(OSError, RuntimeFailure):
+                supervisor.prefork()
+        for fd, _ in events:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
@@ -440,7 +562,7 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
                     states[launch.root] = StateDir(Path(launch.root))
                 monitor = Monitor(launch, sys_, states[launch.root])
                 if not (launch.stdio.tty or rest):
-                    supervisor.start(monitor, sync_w)
+                    supervisor.start(monitor, sync_w, _encode(request), fds)
                 else:
                     pid = os.fork()
             except BaseException as exc:
@@ -458,6 +580,8 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
             for received in fds:
                 with contextlib.suppress(OSError):
                     os.close(received)
+            if supervisor.zygote is None:  # fork the next one once this start is done with
+                prefork_at = time.monotonic() + _PREFORK_DELAY
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - the launcher process

@@ -98,10 +98,13 @@ time.sleep(1000)
         assert monitor == launcher_pid  # the launcher monitors plain containers itself
         assert ppid(pid1) == launcher_pid
     assert ppid(launcher_pid) == proc.pid
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    spare = [int(c) for c in children if int(c) not in pids]  # the zygote forked ahead, if any
+    assert len(spare) <= 1
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
-    assert gone(pids) == []
+    assert gone(pids + spare) == []
     assert Engine(runtime_root).cleanup()  # the owner's containers are leftovers now
 
 
@@ -255,24 +258,42 @@ time.sleep(1000)
             assert str(marker) not in targets.values()
             assert owner_pipe not in targets.values()
             assert {targets[0], targets[1], targets[2]} == {"/dev/null"}
-        # 3 x /dev/null, its wake-up pipe (2), its socket, its own PID namespace and pidfd;
-        # and for the one container it monitors: two output pipes and the log file.
-        own = sorted(fd_targets(int(launcher_pid)).values())
-        assert len(own) == 11
-        log = [t for t in own if t.endswith("/log")]
-        assert len(log) == 1
-        rest = [t for t in own if t not in log and t != "/dev/null"]
-        assert sorted(t.split(":")[0] for t in rest) == [
-            "anon_inode",
-            "pid",
-            "pipe",
-            "pipe",
-            "pipe",
-            "pipe",
-            "socket",
-        ]
+        # /dev/null x 3, its wake-up pipe, its socket, its own PID namespace and pidfd; for the
+        # container it monitors its output pipes and log; for its spare PID 1 a socket and pipes.
+        own = list(fd_targets(int(launcher_pid)).values())
+        assert own.count("/dev/null") == 3
+        logs = [t for t in own if t.startswith(str(runtime_root))]
+        assert len(logs) == 1
+        assert logs[0].endswith("/log")
+        kinds = {t.split(":")[0] for t in own if t != "/dev/null" and t not in logs}
+        assert kinds == {"anon_inode", "pid", "pipe", "socket"}
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
     Engine(runtime_root).cleanup()
+
+
+def test_a_spare_pid1_is_forked_ahead_and_used_by_the_next_start(engine: Engine) -> None:
+    first = engine.run("busybox", Overrides(command=("sleep", "30")))
+    shared = launcher.shared()
+    deadline = time.monotonic() + 10
+    spare: list[int] = []
+    while not spare and time.monotonic() < deadline:
+        children = Path(f"/proc/{shared.pid}/task/{shared.pid}/children").read_text().split()
+        spare = [int(c) for c in children if int(c) != first.pid]
+        time.sleep(0.01)
+    assert len(spare) == 1
+    # it already has namespaces of its own, and waits for a request
+    assert os.readlink(f"/proc/{spare[0]}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{spare[0]}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    second = engine.run("busybox", Overrides(command=("sh", "-c", "echo $$; hostname")))
+    assert second.pid == spare[0]
+    assert engine.wait(second.id, timeout=30) == 0
+    assert log_of(engine, second.id).split() == [
+        b"1",
+        engine.container(second.id).config["Spec"]["hostname"].encode(),
+    ]
+    host = engine.run("busybox", Overrides(command=("true",), network="host"))
+    assert host.pid != spare[0]  # the host's network: a fresh fork, not the spare
+    assert engine.wait(host.id, timeout=30) == 0
