@@ -541,7 +541,7 @@ class Runtime:
             while True:
                 state = self.state.read_state(record.id)
                 self._reap(state)
-                if state.status not in ("running", "removing") or not state.monitor_alive():
+                if _exited(state) or not state.monitor_alive():
                     # The monitor may have recorded the exit and gone between our read and our
                     # liveness check: read again before calling it dead.
                     state = self.state.read_state(record.id)
@@ -986,17 +986,16 @@ class Monitor:
                 launch.cgroup.remove()
         with self.state.locked(launch.cid):  # one read-modify-write: `rm -f` may be under way
             state = self.state.read_state(launch.cid)
-            if state.status != "removing":
-                self.state.write_state(
-                    launch.cid,
-                    replace(
-                        state,
-                        status="exited",
-                        exit_code=code,
-                        finished_at=now_iso(),
-                        oom_killed=oom,
-                    ),
-                )
+            self.state.write_state(
+                launch.cid,
+                replace(
+                    state,
+                    status="removing" if state.status == "removing" else "exited",
+                    exit_code=code,
+                    finished_at=now_iso(),
+                    oom_killed=oom,
+                ),
+            )
         if launch.auto_remove:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
@@ -1154,6 +1153,13 @@ class Monitor:
         with contextlib.suppress(OSError):
             os.write(sync_w, f"E {code} {message}\n".encode())
         os._exit(code)
+
+
+def _exited(state: ContainerState) -> bool:
+    """Whether the monitor recorded the exit (an ``rm -f`` keeps the status ``removing``)."""
+    if state.status == "removing":
+        return bool(state.finished_at)
+    return state.status != "running"
 
 
 def unshare_namespaces(sys_: Syscalls, *, own_net: bool) -> None:  # pragma: no cover - PID 1
