@@ -1,0 +1,1 @@
+"""Building images from a Dockerfile: the build context, the pure build plan and the builder."""
