@@ -18,10 +18,18 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pytest_minidock.digest import Digest
+    from pytest_minidock.registry.auth import Credentials, CredentialSource
+    from pytest_minidock.registry.client import LoginResult, RegistryClient
+    from pytest_minidock.registry.hosts import RegistryHosts
+    from pytest_minidock.registry.policy import RegistryOptions
+    from pytest_minidock.registry.progress import ProgressCallback
+    from pytest_minidock.registry.pull import PullResult
+    from pytest_minidock.registry.push import PushResult
+    from pytest_minidock.registry.transport import Transport
     from pytest_minidock.runtime.container import ExecResult, Runtime, Started, Stdio
     from pytest_minidock.runtime.state import ContainerRecord
     from pytest_minidock.spec import Overrides
-    from pytest_minidock.store.store import Store
+    from pytest_minidock.store.store import ImageRecord, Store
 
 __all__ = ["Engine"]
 
@@ -89,6 +97,131 @@ class Engine:
                 if r.config.get("ImageID") == str(self.store.resolve(name).id)
             ]
             raise ImageInUse(f"{exc} (container {', '.join(users)})") from None
+
+    # -- registries ----------------------------------------------------------------------------
+    PULL_POLICIES = ("missing", "always", "never")
+    """When ``ensure_image`` pulls: if the image is not in the store, every time, never."""
+    credentials: CredentialSource | None = None
+    """Asked for registry credentials before docker's ``config.json`` (the pytest plugin's hook
+    goes here): a callable from a registry name (``docker.io``, ``127.0.0.1:5000``) to
+    ``Credentials`` or None."""
+    registry_transport: Transport | None = None
+    """The HTTP seam for registries (default: ``http.client`` with keep-alive pooling)."""
+    registry_options: RegistryOptions | None = None
+    """Timeouts, retries, parallelism (default: ``RegistryOptions.from_env()``)."""
+    registry_hosts: RegistryHosts | None = None
+    """Mirrors and insecure registries (default: ``RegistryHosts.load()``)."""
+    _registry: RegistryClient | None = None
+
+    @property
+    def registry(self) -> RegistryClient:
+        """The registry client: connections and tokens shared by this engine's transfers."""
+        if self._registry is None:
+            from pytest_minidock.registry.auth import chain
+            from pytest_minidock.registry.client import RegistryClient, docker_credentials
+
+            def hooked(registry: str) -> Credentials | None:
+                return None if self.credentials is None else self.credentials(registry)
+
+            self._registry = RegistryClient(
+                credentials=chain(hooked, docker_credentials),
+                hosts=self.registry_hosts,
+                transport=self.registry_transport,
+                options=self.registry_options,
+            )
+        return self._registry
+
+    def pull(
+        self,
+        ref: str,
+        *,
+        platform: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> PullResult:
+        """``docker pull``: fetch ``ref`` (default tag ``latest``) into the store and name it.
+
+        ``platform`` (``linux/arm64``) picks from a manifest list; default: this machine's.
+        ``result.record`` is the image in the store, ``result.id`` its ID.
+        """
+        from pytest_minidock.reference import Reference
+        from pytest_minidock.registry.platforms import parse_platform
+
+        wanted = parse_platform(platform) if platform else None
+        return self.registry.pull(
+            self.store, Reference.parse(ref), platform=wanted, progress=progress
+        )
+
+    def push(self, ref: str, *, progress: ProgressCallback | None = None) -> PushResult:
+        """``docker push``: send the image named ``ref`` to its registry."""
+        from pytest_minidock.reference import Reference
+
+        return self.registry.push(self.store, Reference.parse(ref), progress=progress)
+
+    def login(self, registry: str | None, username: str, password: str) -> LoginResult:
+        """``docker login``: check the credentials with the registry (default Docker Hub), then
+        store them in docker's ``config.json`` or its credential helper. With no user name and
+        password, check the stored login instead."""
+        return self.registry.login(registry, username, password)
+
+    def logout(self, registry: str | None = None) -> LoginResult:
+        """``docker logout``: forget the stored login (``result.changed`` is False if none)."""
+        return self.registry.logout(registry)
+
+    def list_tags(self, repository: str) -> list[str]:
+        """The tags of a repository in its registry (``127.0.0.1:5000/tools/busybox``)."""
+        from pytest_minidock.reference import Reference
+
+        return self.registry.list_tags(Reference.parse(repository))
+
+    def ensure_image(
+        self,
+        ref: str,
+        policy: str = "missing",
+        *,
+        platform: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ImageRecord:
+        """The image ``ref`` names, pulled as ``policy`` says: ``missing`` (when the store has
+        no such image), ``always`` or ``never`` (``ImageNotFound`` if it is not there). Image
+        IDs are only ever looked up locally."""
+        from pytest_minidock.errors import ImageNotFound
+        from pytest_minidock.reference import is_image_id_prefix
+
+        if policy not in self.PULL_POLICIES:
+            raise UsageError(
+                f"invalid pull policy {policy!r}: use one of {', '.join(self.PULL_POLICIES)}"
+            )
+        full_id = ref.startswith("sha256:") or (len(ref) == 64 and is_image_id_prefix(ref))
+        if policy != "always" or full_id:
+            try:
+                return self.store.resolve(ref)
+            except ImageNotFound:
+                found = self._named_by_digest(ref)
+                if found is not None:
+                    return found
+                if policy == "never" or full_id:
+                    raise ImageNotFound(
+                        f"no such image: {ref} (the pull policy is {policy!r}: pull it first "
+                        f"with 'minidock pull {ref}')"
+                    ) from None
+        return self.pull(ref, platform=platform, progress=progress).record
+
+    def _named_by_digest(self, ref: str) -> ImageRecord | None:
+        """An image named ``name@digest`` where the digest is an index's (pulled by digest)."""
+        from pytest_minidock.errors import InvalidReference
+        from pytest_minidock.reference import Reference
+
+        try:
+            wanted = Reference.parse(ref)
+        except InvalidReference:
+            return None
+        if wanted.digest is None:
+            return None
+        bare = Reference(wanted.domain, wanted.path, None, wanted.digest)
+        for record in self.store.images():
+            if bare in record.names:
+                return record
+        return None
 
     # -- containers ----------------------------------------------------------------------------
     def create(

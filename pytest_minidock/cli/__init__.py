@@ -61,6 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from pytest_minidock import __version__
     from pytest_minidock.cli.containers import add_container_commands
     from pytest_minidock.cli.images import add_image_commands, add_system_commands
+    from pytest_minidock.cli.registry import add_registry_commands
 
     parser = argparse.ArgumentParser(
         prog="minidock", description="Daemonless containers: docker's commands, no daemon."
@@ -77,6 +78,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = _OnlySubparsers(real, only)
     add_image_commands(sub)
     add_container_commands(sub)
+    add_registry_commands(sub)
     add_system_commands(sub)
     return parser
 

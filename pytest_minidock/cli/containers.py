@@ -117,7 +117,10 @@ def _run_attached(engine: Engine, cid: str, args: argparse.Namespace) -> int:
 
 def _create(engine: Engine, args: argparse.Namespace, *, detached: bool) -> ContainerRecord:
     """``create`` and ``run``: clean what crashed owners left, then create from the flags."""
+    from pytest_minidock.cli.registry import ensure_image
+
     engine.cleanup()
+    ensure_image(engine, args.image, args.pull)
     return engine.create(
         args.image,
         _overrides(args, engine),
@@ -590,6 +593,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--label", action="append", default=[], help="set metadata")
     p.add_argument("--stop-signal", help="signal to stop the container")
     p.add_argument("--stop-timeout", type=int, help="seconds to wait before killing on stop")
+    p.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="missing",
+        help="pull the image before creating: missing (default), always, never",
+    )
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(error_code=125)

@@ -296,8 +296,18 @@ def test_bad_input_is_a_one_line_error_with_docker_exit_codes(runtime_root: Path
         )
         return res.returncode, res.stderr.strip()
 
-    code, err = cli("run", "--rm", "nosuchimage:1", "true")
-    assert (code, err) == (125, "Error: no such image: nosuchimage:1")
+    code, err = cli("run", "--rm", "--pull", "never", "nosuchimage:1", "true")
+    assert code == 125
+    assert err.startswith("Error: no such image: nosuchimage:1")
+    assert "\n" not in err
+    # pulled on demand (docker's default, --pull missing): a registry on loopback that is not
+    # there (tests send nothing beyond loopback)
+    code, err = cli("run", "--rm", "127.0.0.1:1/nosuchimage:1", "true")
+    assert code == 125
+    lines = err.splitlines()
+    assert lines[0] == "Unable to find image '127.0.0.1:1/nosuchimage:1' locally"
+    assert lines[-1].startswith("Error: ")
+    assert "127.0.0.1:1" in lines[-1]
     code, err = cli("run", "--rm", "-u", "nosuchuser", "busybox", "true")
     assert code in (125, 126)
     assert "unable to find user nosuchuser" in err
