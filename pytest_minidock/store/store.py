@@ -308,6 +308,8 @@ class Store:
                 if ref.digest is not None:
                     if r.manifest.digest == ref.digest and any(n.name == ref.name for n in r.names):
                         return r
+                    if ref in r.names:  # name@<index digest>: pulled by its manifest list's digest
+                        return r
                 elif ref in r.names:
                     return r
             if ref.digest is not None:

@@ -212,6 +212,9 @@ def test_an_index_with_an_attestation_yields_the_platform_s_image(
         other.ensure_image(f"{registry.ref('tools/multi')}@{result.index_digest}", "never")
         == by_digest.record
     )
+    # the store finds it by that name too (what create and run look images up with)
+    by_name = other.store.resolve(f"{registry.ref('tools/multi')}@{result.index_digest}")
+    assert by_name.id == amd.id
 
 
 def test_tags_are_listed(engine: Engine, registry: RegistryServer) -> None:
