@@ -1,0 +1,315 @@
+"""Networks and published ports: throughput through a published port against direct loopback, and
+the latency of attach, publish, detach and attach → first HTTP response.
+
+Run (as root): ``.venv/bin/python -m benchmarks.bench_ports [--runs 30] [--mb 1024]
+[--repeats 5]``. Measures, in one run, with ``runtime.network`` alone (no container runtime: each
+"container" is a process started with ``unshare --net``):
+
+1. throughput of one TCP connection, both directions, to the same Python server (``recv_into`` /
+   ``sendall`` with 4 MiB buffers) once on 127.0.0.1 in this namespace (direct loopback) and once
+   in a netns behind a published 127.0.0.1 port (kernel DNAT, veth, bridge): ``--repeats``
+   alternating pairs of ``--mb`` MiB transfers, the medians, and the median of the pairs' ratios
+   published / direct (target ≥ 0.5);
+2. latency percentiles: ``attach`` (lease, veth pair, address, route, /etc/hosts), ``reserve`` +
+   ``publish`` of one port (bind + one ``nft`` run that only adds map elements), ``detach`` of a
+   live container (veth deletion waits for the kernel's RCU grace period) and, end to end,
+   attach + publish + the first HTTP response of a busybox ``httpd`` already running in the netns;
+3. the one-off cost of importing pyroute2 in a fresh process (paid by the first network operation
+   of a process; ``--network none``/``host`` never pay it).
+
+Every process the benchmark starts is killed by its PID; the network and its rules are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks._stats import Timing, measure
+
+if TYPE_CHECKING:
+    from pytest_minidock.runtime.network import Networks
+
+WARMUPS = 3
+SETTLE = 0.1  # seconds between samples (untimed), see ``finish``
+TARGET_RATIO = 0.5
+SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen()
+print(srv.getsockname()[1], flush=True)
+buf = bytearray(4 << 20)
+view = memoryview(buf)
+while True:
+    conn, _ = srv.accept()
+    with conn:
+        head = b""
+        while len(head) < 9:
+            head += conn.recv(9 - len(head))
+        mode, size = head[:1], int.from_bytes(head[1:], "big")
+        if mode == b"U":  # upload: count, then answer
+            got = 0
+            while got < size:
+                n = conn.recv_into(view)
+                if not n:
+                    break
+                got += n
+            conn.sendall(got.to_bytes(8, "big"))
+        else:  # download: send, then half-close
+            left = size
+            while left:
+                n = min(left, len(buf))
+                conn.sendall(view[:n])
+                left -= n
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)
+"""
+
+
+class Children:
+    """The processes the benchmark starts; ``stop`` kills each by its PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], *, netns: bool) -> tuple[int, str]:
+        """Start ``argv`` (in a new netns with ``netns``); its PID and its first line of output."""
+        full = ["unshare", "--net", "--", *argv] if netns else argv
+        proc = subprocess.Popen(full, stdout=subprocess.PIPE)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        return proc.pid, proc.stdout.readline().decode().strip()
+
+    def stop(self, pid: int | None = None) -> None:
+        for proc in [p for p in self.procs if pid is None or p.pid == pid]:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            self.procs.remove(proc)
+
+
+# -- throughput -----------------------------------------------------------------------------------
+def transfer(port: int, mode: str, size: int) -> float:
+    """Seconds to move ``size`` bytes over one connection to 127.0.0.1:``port`` (U up, D down)."""
+    block = memoryview(bytearray(os.urandom(1 << 20)) * 4)
+    buf = bytearray(4 << 20)
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(mode.encode() + size.to_bytes(8, "big"))
+        if mode == "U":
+            left = size
+            while left:
+                n = min(left, len(block))
+                conn.sendall(block[:n])
+                left -= n
+            answer = b""
+            while len(answer) < 8:
+                answer += conn.recv(8 - len(answer))
+            got = int.from_bytes(answer, "big")
+        else:
+            got = 0
+            while n := conn.recv_into(buf):
+                got += n
+    elapsed = time.perf_counter() - t0
+    if got != size:
+        raise RuntimeError(f"moved {got} of {size} bytes")
+    return elapsed
+
+
+def throughput(
+    direct: int, published: int, mode: str, size: int, repeats: int
+) -> tuple[float, float, float]:
+    """Median MiB/s direct and through the published port, and the median of the per-pair
+    ratios: transfers alternate (direct, published) so that load from elsewhere on the machine
+    hits both sides alike."""
+    for port in (direct, published):  # warm-up
+        transfer(port, mode, min(size, 64 << 20))
+    pairs = []
+    for _ in range(repeats):
+        a = size / transfer(direct, mode, size) / (1 << 20)
+        b = size / transfer(published, mode, size) / (1 << 20)
+        pairs.append((a, b))
+    return (
+        statistics.median(a for a, _ in pairs),
+        statistics.median(b for _, b in pairs),
+        statistics.median(b / a for a, b in pairs),
+    )
+
+
+def bench_throughput(nets: Networks, children: Children, mb: int, repeats: int) -> None:
+    from pytest_minidock.runtime import ports
+
+    size = mb << 20
+    direct_pid, direct_port = children.start(
+        [sys.executable, "-c", SERVER, "127.0.0.1", "0"], netns=False
+    )
+    pid, _ = children.start([sys.executable, "-c", SERVER, "0.0.0.0", "7000"], netns=True)
+    nets.attach("bench", "b" * 64, pid, name="bulk")
+    reserved = ports.reserve(ports.parse_publish("0:7000"))
+    try:
+        ports.publish(nets, "b" * 64, "bench", reserved)
+        published = reserved.mappings[0].host_port
+        for mode, label in (
+            ("U", "upload   (client → server)"),
+            ("D", "download (server → client)"),
+        ):
+            direct, through, ratio = throughput(int(direct_port), published, mode, size, repeats)
+            verdict = "ok" if ratio >= TARGET_RATIO else f"BELOW the {TARGET_RATIO:.0%} target"
+            print(
+                f"{label}: direct loopback {direct:8.0f} MiB/s   published port {through:8.0f} "
+                f"MiB/s   ratio {ratio:.2f} ({verdict})"
+            )
+    finally:
+        ports.unpublish(nets, "b" * 64)
+        reserved.close()
+        nets.detach("b" * 64)
+        children.stop(pid)
+        children.stop(direct_pid)
+
+
+# -- latency --------------------------------------------------------------------------------------
+def bench_latency(nets: Networks, children: Children, runs: int, www: Path) -> list[Timing]:
+    from pytest_minidock.runtime import ports
+
+    state: dict[str, int] = {"n": 0, "pid": 0}
+    held: list[ports.PublishedPorts] = []
+
+    def cid() -> str:
+        return f"{state['n']:064x}"
+
+    def new_holder(argv: list[str]) -> None:
+        state["n"] += 1
+        state["pid"] = children.start(["sh", "-c", 'echo up; exec "$@"', "sh", *argv], netns=True)[
+            0
+        ]
+
+    def finish() -> None:
+        if state["pid"]:
+            ports.unpublish(nets, cid())
+            for r in held:
+                r.close()
+            held.clear()
+            nets.detach(cid())
+            children.stop(state["pid"])
+            state["pid"] = 0
+            # the kernel tears the dead netns down in a work queue, holding the RTNL lock that
+            # every link change needs: let it finish so that it is not counted in the next sample
+            time.sleep(SETTLE)
+
+    def setup_sleep() -> None:
+        finish()
+        new_holder(["sleep", "600"])
+
+    def attach() -> None:
+        nets.attach("bench", cid(), state["pid"], name=f"c{state['n']}")
+
+    def setup_attached() -> None:
+        setup_sleep()
+        attach()
+
+    def publish() -> None:
+        reserved = ports.reserve(ports.parse_publish("0:80"))
+        held.append(reserved)
+        ports.publish(nets, cid(), "bench", reserved)
+
+    def detach() -> None:
+        nets.detach(cid())
+
+    def setup_httpd() -> None:
+        finish()
+        new_holder(["busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
+
+    def first_response() -> None:
+        attach()
+        publish()
+        url = f"http://127.0.0.1:{held[-1].mappings[0].host_port}/"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    response.read()
+                return
+            except OSError:
+                time.sleep(0.0005)
+
+    timings = []
+    try:
+        for name, fn, setup in (
+            ("attach", attach, setup_sleep),
+            ("reserve + publish one port", publish, setup_attached),
+            ("detach (live netns)", detach, setup_attached),
+            ("attach + publish → first HTTP 200", first_response, setup_httpd),
+        ):
+            measure(name, fn, WARMUPS, setup)
+            timings.append(measure(name, fn, runs, setup))
+    finally:
+        finish()
+    return timings
+
+
+def pyroute2_import_ms() -> float:
+    code = "import time; t = time.perf_counter(); import pyroute2; print(time.perf_counter() - t)"
+    samples = []
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        samples.append(float(out.stdout) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--mb", type=int, default=1024, help="MiB per throughput transfer")
+    parser.add_argument("--repeats", type=int, default=5, help="transfers per throughput figure")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_ports needs root (network namespaces, bridges, nftables)")
+    for tool in ("unshare", "nft", "busybox"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench_ports needs {tool} on PATH")
+
+    from pytest_minidock.runtime.network import Networks
+
+    work = Path(tempfile.mkdtemp(prefix="minidock-bench-ports-"))
+    www = work / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello\n")
+    nets = Networks(work / "root")
+    children = Children()
+    try:
+        net = nets.create("bench")
+        print(
+            f"network: {net.subnet} on {net.bridge} (mtu {net.mtu})   runs: {args.runs} "
+            f"(+{WARMUPS} warm-ups)   cores: {os.cpu_count()}   kernel: {os.uname().release}"
+        )
+        print(f"\n== 1. throughput, one TCP connection, {args.mb} MiB x {args.repeats} (median)")
+        bench_throughput(nets, children, args.mb, args.repeats)
+        print("\n== 2. latency (p50 / p90 / min)")
+        for t in bench_latency(nets, children, args.runs, www):
+            print(t.line())
+        print("\n== 3. one-off")
+        print(f"import pyroute2 in a fresh process: {pyroute2_import_ms():.0f} ms (median of 5)")
+    finally:
+        children.stop()
+        nets.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
