@@ -11,6 +11,8 @@
     │   │                            an unclosed heredoc, a failed ``${VAR?}``); names FILE:LINE
     │   └── StageNotFound            a build stage name or index the Dockerfile does not define
     ├── BuildError                   a build step that failed
+    │   └── BuildStepFailed          a RUN command exited non-zero (names FILE:LINE, the command,
+    │                                the exit code and its last output lines)
     ├── ImageError                   image JSON (config, manifest, index, archive) that is malformed
     ├── StoreError                   the local store cannot do what was asked
     │   ├── ImageNotFound            no image by that reference or ID
@@ -44,6 +46,7 @@ from __future__ import annotations
 __all__ = [
     "BlobNotFound",
     "BuildError",
+    "BuildStepFailed",
     "DigestMismatch",
     "DockerfileError",
     "DockerfileSyntaxError",
@@ -136,6 +139,47 @@ class StageNotFound(DockerfileError, LookupError):
 
 class BuildError(MinidockError):
     """A build that failed."""
+
+
+class BuildStepFailed(BuildError):
+    """A ``RUN`` command of a build that exited with a non-zero code.
+
+    ``str()`` reads ``FILE:LINE: RUN failed: process "CMD" did not complete successfully: exit
+    code: N | line`` followed by the command's last output lines; the parts stay available as
+    ``path``, ``line``, ``command``, ``exit_code``, ``output`` (the last lines) and ``text``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        line: int,
+        command: str,
+        exit_code: int,
+        *,
+        output: tuple[str, ...] = (),
+        text: str = "",
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.command = command
+        self.exit_code = exit_code
+        self.output = output
+        self.text = text
+        message = (
+            f"{path}:{line}: RUN failed: process {command!r} did not complete successfully: "
+            f"exit code: {exit_code}"
+        )
+        if text.strip():
+            message += f" | {text.strip()}"
+        if output:
+            message += "\n" + "\n".join(f"  {line_}" for line_ in output)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import functools
+
+        rebuild = functools.partial(type(self), output=self.output, text=self.text)
+        return (rebuild, (self.path, self.line, self.command, self.exit_code))
 
 
 class ImageError(MinidockError):

@@ -1,0 +1,304 @@
+"""Dockerfile builds: cold, fully cached and after a COPY change; library, CLI, docker and podman.
+
+Run (as root): ``.venv/bin/python -m benchmarks.bench_build [--runs 10] [--files 10000]
+[--with-docker]``. Measures, in one run, the 6-step Dockerfile of issue 5 (``FROM busybox``,
+``WORKDIR``, ``COPY``, ``RUN``, ``ENV``, ``CMD``) on a store holding busybox:
+
+1. ``Engine.build`` in-process: cold (``no_cache``: every step runs, the ``RUN`` in a
+   container), fully cached, and after editing the COPYed file (which must re-run only the steps
+   from that ``COPY`` on: that is checked, not assumed);
+2. ``minidock build -q`` as a whole process, the same three;
+3. ``docker build`` (BuildKit; a running dockerd, or ``--with-docker`` for a private one) and
+   ``podman build`` (private ``--root``), the same three, when they are there;
+4. hashing a context of ``--files`` small files: files/s with no stat cache, then with it, and
+   a second ``COPY . /ctx/`` build that must reuse every file digest.
+
+Ratios are "times as long as ours" (their p50 / our p50). Targets (issue 5): fully cached
+rebuild <= 10 ms in-process and <= 60 ms as a whole process; cold faster than BuildKit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks._stats import Timing, measure
+from benchmarks.bench_runtime import (
+    CHILD_ENV,
+    WARMUPS,
+    Other,
+    PrivateDockerd,
+    find_docker,
+    find_podman,
+    guarded,
+    load,
+    make_store,
+    run_quiet,
+    section,
+    umount_under,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pytest_minidock.api import Engine
+
+TARGET_CACHED_LIB_MS = 10.0
+TARGET_CACHED_CLI_MS = 60.0
+DOCKERFILE = """\
+FROM busybox
+WORKDIR /app
+COPY app.txt .
+RUN cat app.txt > copy.txt
+ENV MODE=prod
+CMD ["cat", "copy.txt"]
+"""
+
+
+def make_context(work: Path) -> Path:
+    ctx = work / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / "app.txt").write_text("hello\n")
+    return ctx
+
+
+def editor(ctx: Path) -> Callable[[], None]:
+    """Each call gives the COPYed file new content."""
+    count = iter(range(1_000_000))
+
+    def edit() -> None:
+        (ctx / "app.txt").write_text(f"hello {next(count)}\n")
+
+    return edit
+
+
+# -- 1. library ----------------------------------------------------------------------------------
+def bench_library(engine: Engine, ctx: Path, runs: int) -> list[Timing]:
+    def build(no_cache: bool = False) -> None:
+        engine.build(ctx, tags=["bench:1"], no_cache=no_cache)
+
+    edit = editor(ctx)
+    for _ in range(WARMUPS):
+        build(no_cache=True)
+    cold = measure("library: cold (--no-cache)", lambda: build(no_cache=True), runs)
+    build()
+    cached = measure("library: fully cached", build, runs)
+    changed = measure("library: after a COPY change", build, runs, setup=edit)
+    edit()
+    result = engine.build(ctx, tags=["bench:1"])
+    ran = [s.name.split("] ", 1)[1] for s in result.steps if not s.cached]
+    expected = [
+        "COPY app.txt .",
+        "RUN cat app.txt > copy.txt",
+        "ENV MODE=prod",
+        'CMD ["cat", "copy.txt"]',
+    ]
+    if ran != expected:
+        raise SystemExit(f"!! after a COPY change these steps ran: {ran}, expected {expected}")
+    print(f"after a COPY change, ran only: {', '.join(ran)}")
+    return [cold, cached, changed]
+
+
+# -- 2./3. whole processes -----------------------------------------------------------------------
+def bench_commands(
+    name: str, build: list[str], ctx: Path, runs: int, no_cache: list[str]
+) -> list[Timing]:
+    """``build`` + ``[--no-cache]`` + ``ctx``: cold, cached, after a COPY change."""
+    edit = editor(ctx)
+    cold_cmd = [*build, *no_cache, str(ctx)]
+    warm_cmd = [*build, str(ctx)]
+    for _ in range(WARMUPS):
+        run_quiet(cold_cmd, timeout=300)
+    cold = measure(f"{name}: cold (--no-cache)", lambda: run_quiet(cold_cmd, 300), runs)
+    run_quiet(warm_cmd, timeout=300)
+    cached = measure(f"{name}: fully cached", lambda: run_quiet(warm_cmd, 300), runs)
+    changed = measure(
+        f"{name}: after a COPY change", lambda: run_quiet(warm_cmd, 300), runs, setup=edit
+    )
+    return [cold, cached, changed]
+
+
+def bench_other(other: Other, work: Path, runs: int) -> list[Timing]:
+    ctx = work / f"ctx-{other.name}"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / "app.txt").write_text("hello\n")
+    build = other.cmd("build", "-q", "--network", "none", "-t", "bench:1")
+    if other.name == "podman":
+        build += ["--layers"]
+    return bench_commands(f"{other.name} build", build, ctx, runs, ["--no-cache"])
+
+
+# -- 4. context hashing ------------------------------------------------------------------------
+def bench_context(engine: Engine, work: Path, files: int) -> None:
+    from pytest_minidock.build.context import BuildContext, StatCache
+    from pytest_minidock.dockerfile.instructions import Location
+
+    ctx = work / "bigctx"
+    for i in range(files):
+        d = ctx / f"d{i // 500:03d}"
+        if i % 500 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:05d}.txt").write_text(f"file {i}\n" * 8)
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY . /ctx/\n")
+    here = Location("Dockerfile", 2, 2, "COPY . /ctx/")
+    subprocess.run(["sync"], check=True)
+    cache = StatCache()
+    t0 = time.perf_counter()
+    BuildContext(ctx, stat_cache=cache).sources(["."], here)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    BuildContext(ctx, stat_cache=cache).sources(["."], here)
+    second = time.perf_counter() - t0
+    print(
+        f"hash {files} files, no stat cache:   {first * 1000:8.1f} ms  "
+        f"{files / first:10.0f} files/s  (hashed {cache.hashed})"
+    )
+    print(
+        f"hash {files} files, with stat cache: {second * 1000:8.1f} ms  {files / second:10.0f} "
+        f"files/s  (reused {cache.reused})"
+    )
+    t0 = time.perf_counter()
+    engine.build(ctx, tags=["bigctx:1"])
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = engine.build(ctx, tags=["bigctx:1"])
+    warm = time.perf_counter() - t0
+    stats = engine.builder._stat_caches[ctx.resolve()]
+    print(
+        f"build COPY . of {files} files: first {cold * 1000:.0f} ms, unchanged again "
+        f"{warm * 1000:.0f} ms (all cached: {all(s.cached for s in again.steps)}; file digests "
+        f"hashed {stats.hashed}, reused {stats.reused} in total)"
+    )
+    fresh = type(engine)(engine.root)  # a new process's view: the stat cache comes from disk
+    t0 = time.perf_counter()
+    fresh.build(ctx, tags=["bigctx:1"])
+    disk = time.perf_counter() - t0
+    stats = fresh.builder._stat_caches[ctx.resolve()]
+    print(
+        f"the same from a fresh engine (stat cache read from the store): {disk * 1000:.0f} ms, "
+        f"hashed {stats.hashed}, reused {stats.reused}"
+    )
+
+
+def ratio_lines(ours: list[Timing], theirs: list[Timing]) -> None:
+    for mine, other in zip(ours, theirs, strict=True):
+        print(f"{other.name}: {other.median / mine.median:5.2f}x as long as {mine.name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument(
+        "--with-docker",
+        action="store_true",
+        help="start a private dockerd for the docker rows (stopped again by PID)",
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_build needs root (RUN steps run in containers)")
+
+    from pytest_minidock.api import Engine
+
+    work = Path(tempfile.mkdtemp(prefix="minidock-bench-build-"))
+    private: PrivateDockerd | None = None
+    try:
+        root, tar = make_store(work)
+        engine = Engine(root)
+        ctx = make_context(work)
+        print(
+            f"store: {root}   runs: {args.runs} (+{WARMUPS} warm-ups)   cores: {os.cpu_count()}"
+            f"   load: {load()}"
+        )
+        print("Dockerfile: " + " | ".join(DOCKERFILE.strip().splitlines()))
+
+        section("1. library, in-process: Engine.build (p50 / p90 / min)")
+        lib = bench_library(engine, ctx, args.runs)
+        for t in lib:
+            print(t.line())
+
+        section("2. minidock build -q as a whole process (bytecode cached)")
+        CHILD_ENV.update(os.environ)
+        CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        minidock = str(Path(sys.executable).parent / "minidock")
+        cli_ctx = work / "ctx-cli"
+        shutil.copytree(ctx, cli_ctx)
+        cli = bench_commands(
+            "minidock build",
+            [minidock, "--root", str(root), "build", "-q", "-t", "bench:2"],
+            cli_ctx,
+            args.runs,
+            ["--no-cache"],
+        )
+        for t in cli:
+            print(t.line())
+        bare = measure(
+            "python -c 'import pytest_minidock.build.builder'",
+            lambda: run_quiet([sys.executable, "-c", "import pytest_minidock.build.builder"]),
+            args.runs,
+        )
+        print(bare.line())
+
+        section("3. docker and podman")
+        others: list[list[Timing]] = []
+        docker, private, note = find_docker(args.with_docker, work)
+        print(note)
+        podman, pnote = find_podman(work, tar)
+        print(pnote)
+        for other in (docker, podman):
+            if other is None:
+                continue
+            got = guarded(f"{other.name}", lambda o=other: (o.ensure_busybox(tar), o)[1])
+            if got is None:
+                continue
+            timings = guarded(
+                f"{other.name} build", lambda o=other: bench_other(o, work, args.runs)
+            )
+            if timings is None:
+                continue
+            for t in timings:
+                print(t.line())
+            others.append(timings)
+
+        section(f"4. context hashing: {args.files} files")
+        bench_context(engine, work, args.files)
+
+        section("summary (p50)")
+        cold, cached, changed = lib
+        print(
+            f"library: cold {cold.median * 1000:.0f} ms, fully cached "
+            f"{cached.median * 1000:.1f} ms (target <= {TARGET_CACHED_LIB_MS:.0f}), after a COPY "
+            f"change {changed.median * 1000:.0f} ms; cold / cached = "
+            f"{cold.median / cached.median:.0f}x"
+        )
+        print(
+            f"minidock build process: cold {cli[0].median * 1000:.0f} ms, fully cached "
+            f"{cli[1].median * 1000:.0f} ms (target <= {TARGET_CACHED_CLI_MS:.0f}; "
+            f"importing the builder alone: {bare.median * 1000:.0f} ms), after a COPY change "
+            f"{cli[2].median * 1000:.0f} ms"
+        )
+        for timings in others:
+            ratio_lines(cli, timings)
+        print(
+            "issue 5's reference (whole commands): BuildKit 218 / 70 / 219 ms, classic docker "
+            "529 / 55 / 502 ms, podman 700 / 247 / 740 ms"
+        )
+    finally:
+        if private is not None:
+            private.stop()
+        umount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

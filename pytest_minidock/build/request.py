@@ -1,0 +1,116 @@
+"""What a build is asked for and what it gives back: ``BuildRequest``, ``BuildResult``.
+
+``BuildRequest`` carries ``docker build``'s arguments (context, Dockerfile, tags, build
+arguments, target, ``--no-cache``, ``--pull``, the network of ``RUN`` steps, secrets, platform);
+``BuildResult`` the image in the store and a ``StepReport`` per step (cached or run, how long).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
+
+from pytest_minidock.errors import BuildError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from pytest_minidock.digest import Digest
+    from pytest_minidock.reference import Reference
+    from pytest_minidock.store.store import ImageRecord
+
+__all__ = [
+    "BuildRequest",
+    "BuildResult",
+    "ImageResolver",
+    "SecretSource",
+    "StepReport",
+    "host_platform",
+]
+
+ImageResolver: TypeAlias = "Callable[[str, str, str | None], ImageRecord]"
+"""``(reference, pull policy, platform) -> ImageRecord``: an image, pulled if the policy says so;
+raises a ``MinidockError`` when there is none."""
+
+
+def host_platform() -> str:
+    """``linux/<arch>`` of this machine, in OCI's names."""
+    machine = os.uname().machine
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+        machine, machine
+    )
+    return f"linux/{arch}"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where a build secret comes from: a file, or an environment variable of the caller."""
+
+    path: Path | None = None
+    env: str | None = None
+
+    def read(self) -> bytes:
+        if self.path is not None:
+            try:
+                return self.path.read_bytes()
+            except OSError as exc:
+                raise BuildError(f"cannot read secret file {self.path}: {exc.strerror}") from exc
+        value = os.environ.get(self.env or "")
+        if value is None:
+            raise BuildError(f"secret environment variable {self.env} is not set")
+        return value.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """What to build: ``docker build``'s arguments."""
+
+    context: Path
+    dockerfile: Path | None = None
+    """Default: ``CONTEXT/Dockerfile``."""
+    tags: tuple[Reference, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    network: str = "none"
+    """The network of ``RUN`` steps without ``--network`` (``none``, ``host`` or a name)."""
+    secrets: Mapping[str, SecretSource] = field(default_factory=dict)
+    platform: str | None = None
+    """The target platform (default: this machine's)."""
+    dockerfile_text: str | None = None
+    """Dockerfile content given directly (``-f -``); ``dockerfile`` then only names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """One step of the build as it went: cached or executed, and how long it took."""
+
+    number: int
+    stage: str
+    index: int
+    name: str
+    key: Digest
+    cached: bool
+    seconds: float
+    layer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """The image a build made and how each step went."""
+
+    record: ImageRecord
+    steps: tuple[StepReport, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> Digest:
+        return self.record.id
+
+    @property
+    def executed(self) -> tuple[StepReport, ...]:
+        """The steps that ran (not found in the cache)."""
+        return tuple(s for s in self.steps if not s.cached)
