@@ -421,9 +421,49 @@ class Engine:
         )
         return self.store.commit_layers(new_config, [*layers, desc], refs)
 
-    def cleanup(self) -> list[str]:
+    # -- networks ------------------------------------------------------------------------------
+    def network_create(
+        self,
+        name: str,
+        *,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        internal: bool = False,
+        labels: dict[str, str] | None = None,
+        owner_session: str | None = None,
+    ) -> dict[str, Any]:
+        """``docker network create``: a bridge network; with ``owner_session``, it belongs to
+        this process (and session) and is removed by the next clean-up once they are gone."""
+        from pytest_minidock.runtime.network import Networks
+        from pytest_minidock.runtime.state import Owner
+
+        owner = None if owner_session is None else Owner.current(owner_session)
+        networks = Networks(self.root)
+        net = networks.create(
+            name, subnet=subnet, gateway=gateway, internal=internal, labels=labels, owner=owner
+        )
+        return networks.inspect(net.name)
+
+    def network_remove(self, name: str, *, force: bool = False) -> None:
+        """``docker network rm``: refused while containers are attached, unless ``force``."""
+        from pytest_minidock.runtime.network import Networks
+
+        Networks(self.root).remove(name, force=force)
+
+    def network_inspect(self, name: str) -> dict[str, Any]:
+        from pytest_minidock.runtime.network import Networks
+
+        return Networks(self.root).inspect(name)
+
+    def port(self, container: str) -> list[Any]:
+        """``docker port``: the container's published ports (``PortMapping``s)."""
+        from pytest_minidock.runtime.network import Networks
+
+        return Networks(self.root).ports(self.container(container).id)
+
+    def cleanup(self, *, networks: bool = True) -> list[str]:
         """Remove what crashed sessions left behind (see ``Runtime.cleanup_leftovers``)."""
-        return self.runtime.cleanup_leftovers()
+        return self.runtime.cleanup_leftovers(networks=networks)
 
     def env_file(self, path: str) -> tuple[str, ...]:
         from pytest_minidock.spec import parse_env_file
@@ -433,3 +473,260 @@ class Engine:
         except OSError as exc:
             raise UsageError(f"open {path}: {exc.strerror}") from exc
         return parse_env_file(text, path, dict(os.environ))
+
+    # -- build ---------------------------------------------------------------------------------
+    _builder: Builder | None = None
+
+    @property
+    def builder(self) -> Builder:
+        """The Dockerfile builder over this engine's store, running ``RUN`` steps as containers."""
+        if self._builder is None:
+            from pytest_minidock.build.builder import Builder
+
+            self._builder = Builder(
+                self.store, _BuildStepRunner(self), resolve_image=self._build_image
+            )
+        return self._builder
+
+    def _build_image(self, ref: str, policy: str, platform: str | None) -> ImageRecord:
+        """A base or ``--from`` image for the builder: the store first, then the registry."""
+        ensure = getattr(self, "ensure_image", None)
+        if ensure is None:
+            return self.store.resolve(ref)
+        record: ImageRecord = ensure(ref, policy, platform=platform)
+        return record
+
+    def build(
+        self,
+        context: Path | str,
+        *,
+        dockerfile: Path | str | None = None,
+        tags: Sequence[str] = (),
+        buildargs: dict[str, str] | None = None,
+        target: str | None = None,
+        no_cache: bool = False,
+        pull: bool = False,
+        network: str | None = None,
+        progress: BuildProgress | None = None,
+        secrets: dict[str, str | Path | SecretSource] | None = None,
+        platform: str | None = None,
+        dockerfile_text: str | None = None,
+    ) -> BuildResult:
+        """``docker build``: the image the Dockerfile (default ``CONTEXT/Dockerfile``; a relative
+        ``dockerfile`` is within the context, as in docker's API) describes, named by every tag.
+        ``result.record`` is it in the store, ``result.id`` its ID, ``result.steps`` says which
+        steps came from the cache.
+
+        ``network``: of ``RUN`` steps (default ``none``); ``secrets``: ``id -> file`` for
+        ``RUN --mount=type=secret``; ``progress``: called with each ``BuildEvent``
+        (``build.progress.PlainProgress(sys.stderr)`` prints like ``--progress=plain``). Raises
+        ``DockerfileError`` or ``BuildError`` (``BuildStepFailed`` for a failing ``RUN``), naming
+        ``FILE:LINE``.
+        """
+        from pytest_minidock.build.builder import BuildRequest, SecretSource
+        from pytest_minidock.reference import Reference
+
+        given = secrets or {}
+        request = BuildRequest(
+            Path(context),
+            dockerfile=Path(context) / dockerfile if dockerfile is not None else None,
+            tags=tuple(Reference.parse(t).with_default_tag() for t in tags),
+            build_args=dict(buildargs or {}),
+            target=target,
+            no_cache=no_cache,
+            pull=pull,
+            network=network or "none",
+            secrets={
+                k: v if isinstance(v, SecretSource) else SecretSource(path=Path(v))
+                for k, v in given.items()
+            },
+            platform=platform,
+            dockerfile_text=dockerfile_text,
+        )
+        return self.builder.build(request, progress)
+
+    def builder_prune(self, *, all: bool = False) -> CachePruneReport:
+        """``docker builder prune [-a]``: forget build cache entries whose layers no image uses
+        (every entry, cache mount and file-digest cache with ``all``), then collect garbage."""
+        report: CachePruneReport = self.builder.prune(everything=all)
+        return report
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pytest_minidock.build.builder import Builder, BuildResult, SecretSource
+    from pytest_minidock.build.cache import CachePruneReport
+    from pytest_minidock.build.progress import BuildEvent
+    from pytest_minidock.build.runner import RunOutcome, RunRequest
+
+    BuildProgress = Callable[[BuildEvent], None]
+
+
+class _BuildStepRunner:
+    """The builder's ``StepRunner``: each ``RUN`` in a temporary container on the image's layers.
+
+    The container gets the step's command, environment, working directory, user, network and
+    mounts; its output streams to the builder; when the command succeeds its overlay upper
+    directory becomes the step's layer, leaving out the runtime's stubs and everything the
+    build mounted (cache, bind, tmpfs and secret mounts, and directories made only to hold
+    them). The container is removed whatever happens.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        import threading
+
+        self.engine = engine
+        self._lock = threading.Lock()  # one create/start/remove at a time (stages run in threads)
+
+    def run(
+        self, request: RunRequest, layer_out: Path, output: Callable[[bytes], None]
+    ) -> RunOutcome:
+        from dataclasses import replace
+
+        from pytest_minidock.build.runner import RunOutcome
+        from pytest_minidock.errors import MinidockError
+        from pytest_minidock.runtime.container import Stdio
+        from pytest_minidock.runtime.state import new_id
+        from pytest_minidock.spec import Mount, Overrides, make_spec
+
+        runtime = self.engine.runtime
+        config = request.config
+        cc = replace(
+            config.config,
+            volumes=(),
+            healthcheck=None,
+            entrypoint=None,
+            cmd=None,
+            working_dir=request.workdir,
+            user=request.user,
+        )
+        overrides = Overrides(
+            command=request.argv,
+            entrypoint=("",),
+            env=request.env,
+            network=request.network,
+            privileged=request.privileged,
+        )
+        cid = new_id()
+        spec = make_spec(
+            "minidock-build",
+            request.image_id,
+            replace(config, config=cc),
+            overrides,
+            default_hostname=cid[:12],
+        )
+        mounts = tuple(
+            Mount(m.kind, m.target, m.source, m.readonly, m.options) for m in request.mounts
+        )
+        spec = replace(spec, mounts=mounts)
+        empty: Path | None = None
+        lowerdirs = [str(p) for p in request.layers]
+        if not lowerdirs:  # FROM scratch: overlay needs a lower layer
+            empty = self.engine.store.blobs.temp_path("buildempty")
+            empty.mkdir()
+            lowerdirs = [str(empty)]
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        record = None
+        try:
+            with self._lock:
+                record = runtime.create(spec, lowerdirs, cid=cid)
+                try:
+                    runtime.start(record.id, stdio=Stdio(stdout=write_fd, stderr=write_fd))
+                except MinidockError as exc:
+                    output(f"{exc}\n".encode())
+                    return RunOutcome(int(getattr(exc, "exit_code", 125)))
+                finally:
+                    os.close(write_fd)
+                    write_fd = -1
+            with _OutputPump(read_fd, output):
+                code = runtime.wait(record.id)
+            if code != 0:
+                return RunOutcome(code)
+            blob = self._layer(record, request, layer_out)
+            return RunOutcome(0, blob)
+        finally:
+            if write_fd >= 0:
+                os.close(write_fd)
+            os.close(read_fd)
+            if record is not None:
+                with self._lock, contextlib.suppress(MinidockError):
+                    runtime.remove(record.id, force=True)
+            if empty is not None:
+                empty.rmdir()
+
+    def _layer(self, record: ContainerRecord, request: RunRequest, out: Path) -> Any:
+        from pytest_minidock.runtime.fs import commit_exclusions
+        from pytest_minidock.store.layers import MTIME_FROM_ENV, layer_from_overlay_upper
+
+        runtime_stubs = commit_exclusions(record)
+        upper = record.dir / "upper"
+        holders: set[str] = set()
+        for mount in request.mounts:
+            parent = os.path.dirname(mount.target.rstrip("/"))
+            while parent not in ("/", ""):
+                holders.add(parent)
+                parent = os.path.dirname(parent)
+
+        def in_image(path: str) -> bool:
+            return any(os.path.lexists(f"{low}{path}") for low in request.layers)
+
+        def exclude(path: str) -> bool:
+            if runtime_stubs(path):
+                return True
+            if path in holders and not in_image(path):
+                try:
+                    children = os.listdir(f"{upper}{path}")
+                except OSError:
+                    return False
+                return all(exclude(f"{path}/{child}") for child in children)
+            return False
+
+        mtime = MTIME_FROM_ENV if os.environ.get("SOURCE_DATE_EPOCH") else None
+        return layer_from_overlay_upper(upper, out, mtime=mtime, exclude=exclude)
+
+
+class _OutputPump:
+    """Copies a container's output from a pipe to a callback in a thread, until the pipe's end
+    or shortly after the container was seen to exit (a writer may keep the pipe open)."""
+
+    def __init__(self, fd: int, output: Callable[[bytes], None]) -> None:
+        import threading
+
+        self.fd = fd
+        self.output = output
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._pump, name="minidock-build-output")
+
+    def __enter__(self) -> _OutputPump:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _pump(self) -> None:
+        import select
+
+        quiet_since: float | None = None
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                self.output(chunk)
+                quiet_since = None
+                continue
+            if self.done.is_set():
+                import time
+
+                now = time.monotonic()
+                if quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since > 0.1:
+                    return

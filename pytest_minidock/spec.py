@@ -164,7 +164,13 @@ class Overrides:
     cap_drop: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     network: str = "default"
-    """``default``, ``none``, ``host``, ``bridge`` or the name of a network."""
+    """``default`` (= ``bridge``), ``none``, ``host``, ``bridge`` or the name of a network."""
+    aliases: tuple[str, ...] = ()
+    """``--network-alias``: more names the container has on its (user-defined) network."""
+    publish: tuple[str, ...] = ()
+    """Raw ``-p [IP:][HOSTPORT:]CONTAINERPORT[/PROTO]`` specs (checked by ``runtime.ports``)."""
+    publish_all: bool = False
+    """``-P``: publish every EXPOSEd port on an ephemeral host port."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +221,10 @@ class ContainerSpec:
     exposed_ports: tuple[str, ...] = ()
     network: str = "default"
     healthcheck: Healthcheck | None = None
+    aliases: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    """``-p`` specs as given; with ``publish_all``, ``exposed_ports`` are published too."""
+    publish_all: bool = False
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys, ASCII, no white space); ``from_json`` reads it back."""
@@ -253,6 +263,9 @@ class ContainerSpec:
             "exposed_ports": list(self.exposed_ports),
             "network": self.network,
             "healthcheck": None if self.healthcheck is None else self.healthcheck.to_dict(),
+            "aliases": list(self.aliases),
+            "publish": list(self.publish),
+            "publish_all": self.publish_all,
         }
         # ASCII keeps any str (lone surrogates from a non-UTF-8 host environment included).
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -324,6 +337,9 @@ class ContainerSpec:
             exposed_ports=r.texts("exposed_ports"),
             network=r.text("network"),
             healthcheck=healthcheck,
+            aliases=r.texts("aliases") if "aliases" in obj else (),
+            publish=r.texts("publish") if "publish" in obj else (),
+            publish_all=r.flag("publish_all") if "publish_all" in obj else False,
         )
 
 
@@ -403,6 +419,12 @@ def make_spec(
         raise UsageError(
             f"conflicting options: hostname {o.hostname!r} and the network mode 'host'"
         )
+    if (o.publish or o.publish_all) and network in ("host", "none"):
+        raise UsageError(f"published ports and the network mode {network!r} exclude each other")
+    if o.aliases and network in ("default", "bridge", "host", "none"):
+        raise UsageError(
+            "network-scoped aliases are supported only for containers on user-defined networks"
+        )
     hostname = o.hostname or default_hostname
     _check_hostname(hostname)
     user = o.user or cc.user
@@ -442,6 +464,9 @@ def make_spec(
         exposed_ports=cc.exposed_ports,
         network=network,
         healthcheck=cc.healthcheck,
+        aliases=tuple(o.aliases),
+        publish=tuple(o.publish),
+        publish_all=o.publish_all,
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from tests.support.rootfs import busybox_tar
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from pytest_minidock.store.store import Store
@@ -65,8 +66,25 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return busybox_tar(tmp_path_factory.mktemp("rootfs") / "busybox.tar")
 
 
+ROOTS: list[Path] = []
+"""Every root ``make_busybox_root`` made this session: their networks go at its end."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _networks_of_test_roots() -> Iterator[None]:
+    """Remove the bridges, veths and nftables tables that containers of the test roots made
+    (a root's ``bridge`` network lives on after its containers, as docker's does)."""
+    yield
+    for root in ROOTS:
+        if (root / "networks").is_dir():
+            from pytest_minidock.runtime.network import Networks
+
+            Networks(root).destroy()
+
+
 def make_busybox_root(root: Path, rootfs: Path) -> Path:
     """Make ``root`` a store holding ``busybox:latest`` (``CMD ["sh"]``) from ``rootfs``."""
+    ROOTS.append(root)
     from pytest_minidock.image.changes import apply_changes
     from pytest_minidock.image.model import ContainerConfig
     from pytest_minidock.reference import Reference

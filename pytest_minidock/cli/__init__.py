@@ -59,8 +59,10 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``minidock`` parser; with ``only``, just that subcommand's parser is built."""
     from pytest_minidock import __version__
+    from pytest_minidock.cli.build import add_build_commands
     from pytest_minidock.cli.containers import add_container_commands
     from pytest_minidock.cli.images import add_image_commands, add_system_commands
+    from pytest_minidock.cli.network import add_network_commands
     from pytest_minidock.cli.registry import add_registry_commands
 
     parser = argparse.ArgumentParser(
@@ -78,7 +80,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = _OnlySubparsers(real, only)
     add_image_commands(sub)
     add_container_commands(sub)
+    add_network_commands(sub)
     add_registry_commands(sub)
+    add_build_commands(sub)
     add_system_commands(sub)
     return parser
 

@@ -63,6 +63,9 @@ def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
         cap_drop=tuple(args.cap_drop),
         labels=parse_labels(args.label),
         network=args.network,
+        aliases=tuple(args.network_alias),
+        publish=tuple(args.publish),
+        publish_all=args.publish_all,
     )
 
 
@@ -119,7 +122,7 @@ def _create(engine: Engine, args: argparse.Namespace, *, detached: bool) -> Cont
     """``create`` and ``run``: clean what crashed owners left, then create from the flags."""
     from pytest_minidock.cli.registry import ensure_image
 
-    engine.cleanup()
+    engine.cleanup(networks=False)
     ensure_image(engine, args.image, args.pull)
     return engine.create(
         args.image,
@@ -329,8 +332,11 @@ def container_inspect(engine: Engine, record: ContainerRecord) -> dict[str, Any]
             or None,
         },
         "Mounts": _docker_mounts(engine, record),
+        "NetworkSettings": record.config.get("NetworkSettings")
+        or {"Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": ""},
         "Config": {
             "Hostname": spec.get("hostname", ""),
+            "ExposedPorts": {p: {} for p in spec.get("exposed_ports", [])} or None,
             "User": spec.get("user", ""),
             "Tty": spec.get("tty", False),
             "OpenStdin": spec.get("stdin_open", False),
@@ -442,6 +448,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(out, indent=4))
     return status
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """``docker port NAME [PORT[/PROTO]]``."""
+    from pytest_minidock.runtime.ports import format_port
+
+    engine = _engine(args)
+    record = engine.container(args.container)
+    print(format_port(engine.port(record.id), args.port, record.name), end="")
+    return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -586,7 +602,26 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--memory", help="memory limit (e.g. 512m)")
     p.add_argument("--cpus", help="number of CPUs (e.g. 1.5)")
     p.add_argument("--pids-limit", type=int, help="process limit")
-    p.add_argument("--network", "--net", default="none", help="none or host (bridges: later)")
+    p.add_argument(
+        "--network",
+        "--net",
+        default="default",
+        help="connect to a network: bridge (default), none, host or a network's name",
+    )
+    p.add_argument(
+        "--network-alias", action="append", default=[], help="another name on the network"
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+        help="publish a container's port to the host (default host IP 127.0.0.1; 0 = any)",
+    )
+    p.add_argument(
+        "-P", "--publish-all", action="store_true", help="publish every exposed port, ephemeral"
+    )
     p.add_argument("--privileged", action="store_true", help="give extended privileges")
     p.add_argument("--cap-add", action="append", default=[], help="add Linux capabilities")
     p.add_argument("--cap-drop", action="append", default=[], help="drop Linux capabilities")
@@ -667,6 +702,11 @@ def add_container_commands(sub: Any) -> None:
     p.add_argument("--type", choices=("container", "image"))
     p.add_argument("names", nargs="+")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("port", help="list a container's published ports")
+    p.add_argument("container")
+    p.add_argument("port", nargs="?", metavar="PORT[/PROTO]")
+    p.set_defaults(func=cmd_port)
 
     p = sub.add_parser("top", help="display the processes of a container")
     p.add_argument("container")

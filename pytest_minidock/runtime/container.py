@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.runtime._sys import Syscalls
     from pytest_minidock.runtime.cgroups import Cgroup, CgroupManager
+    from pytest_minidock.runtime.ports import PublishedPorts
     from pytest_minidock.spec import ContainerSpec, ResolvedUser
 
 __all__ = ["ExecResult", "Monitor", "Runtime", "Started", "Stdio", "remove_files"]
@@ -127,11 +128,20 @@ class _Launch:
     keep_caps: frozenset[int] | None
     plan: tuple[Any, ...] = ()
     cgroup: Cgroup | None = None
+    go_fd: int = -1
+    """Read end of a pipe PID 1 waits on before the exec: one byte ``g`` once the owner has
+    attached the container's network (its end closed without it: the set-up failed)."""
+    port_fds: tuple[int, ...] = ()
+    """Sockets holding the published host ports: the monitor keeps them while the container runs."""
 
     def to_wire(self) -> tuple[dict[str, Any], list[int]]:
-        """The JSON-able request and the stdio fds to pass with it (in the order of ``fds``)."""
+        """The JSON-able request and the fds to pass with it: stdio (those present), then the
+        ``go`` pipe (if any), then the port sockets."""
         stdio = self.stdio
         fds = [fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None]
+        if self.go_fd >= 0:
+            fds.append(self.go_fd)
+        fds.extend(self.port_fds)
         request = {
             "cid": self.cid,
             "dir": str(self.dir),
@@ -153,6 +163,8 @@ class _Launch:
             "stdin": stdio.stdin is not None,
             "stdout": stdio.stdout is not None,
             "stderr": stdio.stderr is not None,
+            "go": self.go_fd >= 0,
+            "ports": len(self.port_fds),
         }
         return request, fds
 
@@ -169,6 +181,8 @@ class _Launch:
             tty=bool(request["tty"]),
         )
         caps = request["keep_caps"]
+        go = next(given) if request.get("go") else -1
+        port_fds = tuple(next(given) for _ in range(int(request.get("ports", 0))))
         return cls(
             cid=request["cid"],
             dir=Path(request["dir"]),
@@ -188,6 +202,8 @@ class _Launch:
             auto_remove=bool(request["auto_remove"]),
             keep_caps=None if caps is None else frozenset(caps),
             plan=tuple(mounts.Op(*op) for op in request["plan"]),
+            go_fd=go,
+            port_fds=port_fds,
         )
 
 
@@ -203,6 +219,37 @@ def _exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def _read_until_started(fd: int) -> bytes:
+    """What the sync pipe says up to its first ``P``/``E`` line (or its end)."""
+    data = b""
+    while not any(line[:2] in (b"P ", b"E ") for line in data.split(b"\n")[:-1]):
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _port_specs(spec: ContainerSpec) -> list[Any]:
+    """The ``PortSpec``s of ``-p`` (and of ``-P``: every EXPOSEd port)."""
+    from pytest_minidock.runtime.ports import expose_all, parse_publish
+
+    specs = [one for text in spec.publish for one in parse_publish(text)]
+    if spec.publish_all:
+        specs.extend(expose_all(spec.exposed_ports))
+    return specs
+
+
+def _network_name(spec: ContainerSpec) -> str | None:
+    """The network a container is attached to at start (None: host's, or loopback only)."""
+    if spec.network in ("host", "none"):
+        return None
+    return "bridge" if spec.network == "default" else spec.network
 
 
 def _read_all(fd: int) -> bytes:
@@ -339,35 +386,66 @@ class Runtime:
         if record.state.running():
             raise RuntimeFailure(f"container {record.name} is already running")
         launch = self._prepare(record, stdio or Stdio(), bound=not detached)
+        spec = self.spec_of(record)
+        network = _network_name(spec)
+        reserved: PublishedPorts | None = None
+        go_w = -1
+        if network is not None:  # host ports held first: a taken one fails before anything runs
+            from pytest_minidock.runtime import ports
+
+            reserved = ports.reserve(_port_specs(spec))
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            launch = replace(launch, go_fd=go_r, port_fds=tuple(reserved.fds()))
         via_launcher = not detached and self._use_launcher(launch)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         pid = 0
-        if via_launcher:
-            from pytest_minidock.runtime import launcher
-
-            request, fds = launch.to_wire()
-            try:
-                launcher.shared().launch(request, [sync_w, *fds])
-            except (OSError, RuntimeFailure) as exc:
-                os.close(sync_r)
-                raise RuntimeFailure(f"cannot start container {record.name}: {exc}") from exc
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(sync_w)
-        else:
-            owner = os.getpid()
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                os.close(sync_r)
-                os.close(sync_w)
-                raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
-            if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-                os.close(sync_r)
-                self._monitor_entry(launch, sync_w, detached, owner)
-            os.close(sync_w)
         try:
-            message = _read_all(sync_r)
+            if via_launcher:
+                from pytest_minidock.runtime import launcher
+
+                request, fds = launch.to_wire()
+                try:
+                    launcher.shared().launch(request, [sync_w, *fds])
+                except (OSError, RuntimeFailure) as exc:
+                    os.close(sync_r)
+                    raise RuntimeFailure(f"cannot start container {record.name}: {exc}") from exc
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.close(sync_w)
+            else:
+                owner = os.getpid()
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    os.close(sync_r)
+                    os.close(sync_w)
+                    raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
+                if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                    os.close(sync_r)
+                    self._monitor_entry(launch, sync_w, detached, owner)
+                os.close(sync_w)
+        except BaseException:
+            if go_w >= 0:
+                os.close(go_w)
+            raise
+        finally:  # the monitor (or launcher) has its own copies now
+            if reserved is not None:
+                reserved.close()
+            if launch.go_fd >= 0:
+                os.close(launch.go_fd)
+        try:
+            message = _read_until_started(sync_r)
+            net_error: BaseException | None = None
+            if go_w >= 0 and network is not None and reserved is not None:
+                try:
+                    self._connect(
+                        record, spec, network, reserved=reserved, message=message, go_w=go_w
+                    )
+                except BaseException as exc:  # PID 1 is told by the closed pipe; report below
+                    net_error = exc
+                finally:
+                    os.close(go_w)
+            message += _read_all(sync_r)
         finally:
             os.close(sync_r)
         if detached:  # the intermediate child exits at once; the monitor is init's now
@@ -384,7 +462,11 @@ class Runtime:
             elif kind == "E":
                 code, _, text = rest.partition(" ")
                 error = (int(code), text)
+        if error is None and net_error is not None:
+            error = (EXIT_RUNTIME, f"cannot start container {record.name}: {net_error}")
         if error is not None:
+            if network is not None:
+                self._disconnect(cid)
             if pid and not detached:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
@@ -398,6 +480,59 @@ class Runtime:
         if not started_pid:
             raise RuntimeFailure(f"container {record.name} did not start (monitor died)")
         return Started(cid, started_pid, monitor_pid, monitor_is_child=bool(pid) and not detached)
+
+    def _connect(
+        self,
+        record: ContainerRecord,
+        spec: ContainerSpec,
+        network: str,
+        *,
+        reserved: PublishedPorts,
+        message: bytes,
+        go_w: int,
+    ) -> None:
+        """PID 1 was forked (``message`` says its pid): put it on ``network``, forward its
+        published ports, record the ``NetworkSettings`` and let it exec."""
+        pid = 0
+        for line in message.decode(errors="replace").splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "P":
+                pid = int(rest.split()[0])
+            elif kind == "E":
+                return  # it failed already: the error is reported as it is
+        if not pid:
+            return
+        from pytest_minidock.runtime import ports
+        from pytest_minidock.runtime.network import Networks
+
+        networks = Networks(self.root)
+        attachment = networks.attach(
+            network,
+            record.id,
+            pid,
+            name=record.name,
+            aliases=spec.aliases,
+            hosts_file=record.dir / "hosts",
+            hostname=spec.hostname,
+        )
+        mappings = ports.publish(networks, record.id, network, reserved)
+        self.state.update_config(
+            record.id,
+            NetworkSettings={
+                "Networks": {attachment.network: attachment.inspect()},
+                "Ports": ports.ports_inspect(mappings, spec.exposed_ports),
+                "IPAddress": attachment.ip,
+                "Gateway": attachment.gateway,
+            },
+        )
+        os.write(go_w, b"g")
+
+    def _disconnect(self, cid: str) -> None:
+        """Take the container off its networks (leases, veths, forwarded ports)."""
+        from pytest_minidock.runtime.network import Networks
+
+        with contextlib.suppress(MinidockError, OSError):
+            Networks(self.root).detach(cid)
 
     def _use_launcher(self, launch: _Launch) -> bool:
         """Whether this start goes through the launcher: enabled, no cgroup (limits need this
@@ -645,9 +780,10 @@ class Runtime:
         self.cgroups.remove_stale(cid)
 
     # -- crash recovery ------------------------------------------------------------------------
-    def cleanup_leftovers(self) -> list[str]:
+    def cleanup_leftovers(self, *, networks: bool = True) -> list[str]:
         """Remove what crashed owners left: containers whose owner is gone, unless kept or
         detached; mark as exited the ones whose monitor died. Returns the removed IDs.
+        ``networks``: then ``cleanup_networks`` too (~20 ms of ``nft``; the CLI skips it).
 
         Only this root's containers are touched: cgroups are machine-wide, and a group named
         for a container this root does not know may belong to another root's live container.
@@ -673,7 +809,16 @@ class Runtime:
             with contextlib.suppress(MinidockError, OSError):
                 self._remove_files(record.id, volumes=True)
                 removed.append(record.id)
+        if networks and (self.root / "networks").is_dir():
+            self.cleanup_networks()
         return removed
+
+    def cleanup_networks(self) -> None:
+        """Drop the network endpoints, forwarded ports and session networks that no existing
+        container or live session claims (``rm`` detaches; this catches crashes mid-way)."""
+        from pytest_minidock.runtime.network import Networks
+
+        Networks(self.root).cleanup(lambda cid: self.state.dir(cid).is_dir())
 
     # -- exec ----------------------------------------------------------------------------------
     def exec(
@@ -950,7 +1095,9 @@ class Monitor:
         for fd in (out_w, err_w, tty_slave):
             if fd >= 0:
                 os.close(fd)
-        _close_fds_except({0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio)})
+        _close_fds_except(
+            {0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio), *launch.port_fds}
+        )
         if stdio.tty:  # receive the pty master PID 1 made in the container's own devpts
             import socket
 
@@ -996,6 +1143,11 @@ class Monitor:
                     oom_killed=oom,
                 ),
             )
+        if launch.port_fds:  # stop forwarding before the host ports are let go
+            with contextlib.suppress(Exception):
+                from pytest_minidock.runtime.network import Networks
+
+                Networks(launch.root).unpublish(launch.cid)
         if launch.auto_remove:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
@@ -1104,6 +1256,11 @@ class Monitor:
                 unshare_namespaces(sys_, own_net=launch.own_net)
             mounts.apply(launch.plan, sys_)
             sys_.sethostname(launch.hostname)
+            if launch.go_fd >= 0:  # the owner attaches our network meanwhile
+                go = os.read(launch.go_fd, 1)
+                os.close(launch.go_fd)
+                if go != b"g":
+                    raise _ExecError(EXIT_RUNTIME, "the container's network was not set up")
             # standard streams
             if tty_slave >= 0:  # a terminal from the container's own devpts instance
                 import socket
@@ -1194,6 +1351,11 @@ def remove_files(
     ):
         with contextlib.suppress(Exception):
             remove_stale(cid)
+    if config.get("NetworkSettings"):  # its leases, veths and forwarded ports
+        from pytest_minidock.runtime.network import Networks
+
+        with contextlib.suppress(Exception):
+            Networks(state.root).detach(cid)
     if volumes:
         for vol in state.volumes.glob(f"anon-{cid[:12]}-*"):
             shutil.rmtree(vol, ignore_errors=True)

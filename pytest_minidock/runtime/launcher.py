@@ -57,7 +57,8 @@ _PREFORK_DELAY = 0.005
 """Seconds between a start and the fork of the next zygote: that fork and its new mount
 namespace would otherwise compete with the container being started (for the CPU, and for the
 kernel's namespace lock during its ``pivot_root``)."""
-_MAX_FDS = 4  # the sync pipe, stdin, stdout, stderr
+_MAX_PORTS = 64
+_MAX_FDS = 5 + _MAX_PORTS  # the sync pipe, stdin, stdout, stderr, the go pipe, port sockets
 _MAX_REQUEST = 64 << 20
 
 
@@ -292,6 +293,7 @@ class _Supervised:
         self.log = log
         self.open_fds = set(fds)
         self.code: int | None = None
+        # (the port sockets of monitor.launch stay open here until the exit is recorded)
 
 
 class _Zygote:
@@ -512,6 +514,9 @@ class _Supervisor:  # pragma: no cover - the launcher process
         item.log.close()
         with contextlib.suppress(Exception):
             item.monitor.record_exit(item.code)
+        for fd in item.monitor.launch.port_fds:  # the published host ports are free again
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the launcher process
@@ -556,13 +561,18 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
             request, fds = got
             sync_w, rest = fds[0], fds[1:]
             pid = -1
+            kept: tuple[int, ...] = ()
             try:
+                if int(request.get("ports", 0)) > _MAX_PORTS:
+                    raise ValueError(f"more than {_MAX_PORTS} published ports")
                 launch = _Launch.from_wire(request, rest)
                 if launch.root not in states:
                     states[launch.root] = StateDir(Path(launch.root))
                 monitor = Monitor(launch, sys_, states[launch.root])
-                if not (launch.stdio.tty or rest):
+                plain = not (launch.stdio.tty or request["stdin"] or request["stdout"])
+                if plain and not request["stderr"]:
                     supervisor.start(monitor, sync_w, _encode(request), fds)
+                    kept = launch.port_fds
                 else:
                     pid = os.fork()
             except BaseException as exc:
@@ -578,8 +588,9 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
                 finally:
                     os._exit(EXIT_RUNTIME)
             for received in fds:
-                with contextlib.suppress(OSError):
-                    os.close(received)
+                if received not in kept:
+                    with contextlib.suppress(OSError):
+                        os.close(received)
             if supervisor.zygote is None:  # fork the next one once this start is done with
                 prefork_at = time.monotonic() + _PREFORK_DELAY
 

@@ -267,6 +267,15 @@ class StateDir:
         finally:
             os.close(fd)
 
+    def update_config(self, cid: str, **keys: Any) -> None:
+        """Set top-level keys of ``config.json`` (facts known only at start, e.g. the
+        ``NetworkSettings``), atomically, under the container's lock."""
+        with self.locked(cid):
+            path = self.dir(cid) / "config.json"
+            config = json.loads(path.read_bytes())
+            config.update(keys)
+            _atomic_write(path, json.dumps(config, sort_keys=True).encode())
+
     def write_state(self, cid: str, state: ContainerState) -> None:
         _atomic_write(self.dir(cid) / "state.json", state.to_json())
 
