@@ -1,62 +1,62 @@
-"""Example: a real service in a container, from a test, through the library (the pytest fixtures
-of the plugin will wrap exactly this). Needs root until rootless mode lands."""
+"""Example: real services in containers as pytest fixtures. Each ``container(...)`` below is a
+fixture named by its variable; a test gets a handle once the service is ready, and the container
+is removed after it (kept for a look with ``--minidock-keep``; a failing test shows its logs).
+Needs root until rootless mode lands."""
 
 from __future__ import annotations
 
-import os
-import time
+import urllib.request
 from typing import TYPE_CHECKING
 
-import pytest
-
-from pytest_minidock.api import Engine
+from pytest_minidock import container, wait
 from pytest_minidock.spec import Overrides
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from pytest_minidock.fixtures import Container, SessionEngine
 
-    from pytest_minidock.store.store import Store
+SERVE = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"
 
-if os.geteuid() != 0:
-    pytest.fail("the container examples need root for now: run them with sudo", pytrace=False)
+# One web server per test, port 8080 published on a free port of 127.0.0.1; handed over once
+# 8080 LISTENs (read from the container's socket table: no shell or tool needed in the image).
+web = container("busybox", command=["sh", "-c", SERVE], ports=[8080])
 
+# A client on the same session network, reaching the server by its fixture name.
+client = container("busybox", command="sleep 600", wait=wait.none(), links=[web])
 
-@pytest.fixture
-def web(minidock_store: Store, busybox_image: str) -> Iterator[tuple[Engine, str]]:
-    """A busybox httpd serving one page; removed after the test, whatever happens."""
-    engine = Engine(minidock_store.root)
-    started = engine.run(
-        busybox_image,
-        Overrides(
-            command=(
-                "sh",
-                "-c",
-                "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www",
-            ),
-            init=True,
-        ),
-    )
-    try:
-        yield engine, started.id
-    finally:
-        engine.remove(started.id, force=True)
+# One worker for the whole session, ready once its log says so.
+worker = container(
+    "busybox",
+    command=["sh", "-c", "echo loading; sleep 0.2; echo worker ready; exec sleep 600"],
+    wait=wait.log("worker ready"),
+    scope="session",
+)
 
 
-def test_the_service_answers_inside_its_container(web: tuple[Engine, str]) -> None:
-    engine, cid = web
-    deadline = time.monotonic() + 5
-    while True:
-        result = engine.exec(cid, ["wget", "-qO-", "http://127.0.0.1:8080/"], capture=True)
-        if result.exit_code == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert result.stdout == b"hello\n"
+def test_the_service_answers_on_its_published_port(web: Container) -> None:
+    host, port = web.addr(8080)  # where the host reaches the container's 8080
+    assert host == "127.0.0.1"
+    assert web.url(8080, "/index.html") == f"http://127.0.0.1:{port}/index.html"
+    with urllib.request.urlopen(web.url(8080), timeout=10) as answer:
+        assert answer.read() == b"hello\n"
 
 
-def test_a_crashing_command_reports_its_exit_code(
-    minidock_store: Store, busybox_image: str
+def test_containers_reach_linked_ones_by_fixture_name(client: Container) -> None:
+    (web,) = client.links
+    assert client.exec("wget -qO- http://web:8080/").stdout == b"hello\n"
+    assert client.exec(f"wget -qO- http://{web.ip}:8080/").stdout == b"hello\n"
+    assert web.exec("wget -qO- http://127.0.0.1:8080/").stdout == b"hello\n"
+
+
+def test_a_session_container_is_ready_and_shared(worker: Container) -> None:
+    assert worker.logs().splitlines() == ["loading", "worker ready"]
+    assert worker.exec(["cat", "/proc/1/cmdline"]).stdout.startswith(b"sleep")
+
+
+def test_one_off_containers_from_the_minidock_fixture(
+    minidock: SessionEngine, busybox_image: str
 ) -> None:
-    engine = Engine(minidock_store.root)
-    started = engine.run(busybox_image, Overrides(command=("sh", "-c", "echo oops >&2; exit 3")))
-    assert engine.wait(started.id, timeout=10) == 3
-    engine.remove(started.id)
+    # `minidock` is the session's Engine; its run() hands back a Container, a context manager.
+    job = Overrides(command=("sh", "-c", "echo oops >&2; exit 3"))
+    with minidock.run(busybox_image, job) as crashing:
+        assert minidock.wait(crashing.id, timeout=10) == 3
+        assert crashing.logs(stream="stderr") == "oops\n"

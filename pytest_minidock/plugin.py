@@ -1,17 +1,42 @@
-"""The pytest plugin (``pytest11`` entry point ``minidock``): options, ini keys and fixtures.
+"""The pytest plugin (``pytest11`` entry point ``minidock``): options, ini keys, markers, hooks,
+report sections, the terminal summary and the session fixtures.
 
 Thin by design: it registers what pytest needs and imports the library lazily, so that merely having
-pytest-minidock installed costs a test session next to nothing. Disable it with ``-p no:minidock``.
+pytest-minidock installed costs a test session next to nothing. The work is done by
+``pytest_minidock.fixtures`` (imported once a container, an image or the engine is asked for).
+Disable the plugin with ``-p no:minidock``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Generator, Iterator
+
+    from pytest_minidock.api import Engine
+    from pytest_minidock.fixtures import MinidockSession
     from pytest_minidock.store.store import Store
+
+SESSION = pytest.StashKey["MinidockSession"]()
+"""The session's ``MinidockSession``, once a fixture made it."""
+RUN = pytest.StashKey[str]()
+"""This run's ID (the xdist controller's, sent to the workers)."""
+WORKER_STATS = pytest.StashKey[list[dict[str, Any]]]()
+"""What the xdist workers reported for the terminal summary."""
+
+PULL_POLICIES = ("missing", "always", "never")
+RETENTIONS = ("none", "failed", "all")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_minidock import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,7 +49,78 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="store root for images and containers (default: ini minidock_root, "
         "$MINIDOCK_ROOT, /var/lib/minidock for root, ~/.local/share/minidock otherwise)",
     )
+    group.addoption(
+        "--minidock-keep",
+        dest="minidock_keep",
+        action="store_true",
+        help="keep the containers running after the session (listed in the summary)",
+    )
+    group.addoption(
+        "--minidock-reuse",
+        dest="minidock_reuse",
+        action="store_true",
+        help="reattach session containers to the ones a kept run left, if their spec is "
+        "unchanged (recreate them otherwise); they are kept again",
+    )
+    group.addoption(
+        "--minidock-pull",
+        dest="minidock_pull",
+        default=None,
+        choices=PULL_POLICIES,
+        help="when to pull images: missing (default), always, never (ini minidock_pull)",
+    )
+    group.addoption(
+        "--minidock-no-cache",
+        dest="minidock_no_cache",
+        action="store_true",
+        help="build() fixtures build without the build cache",
+    )
+    group.addoption(
+        "--minidock-timeout",
+        dest="minidock_timeout",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="how long a container may take to be ready (ini minidock_timeout, default 60)",
+    )
     parser.addini("minidock_root", "store root for images and containers", default="")
+    parser.addini("minidock_pull", "when to pull images: missing|always|never", default="missing")
+    parser.addini("minidock_timeout", "seconds a container may take to be ready", default="60")
+    parser.addini(
+        "minidock_retention",
+        "which containers survive the session: none|failed (those of failing tests)|all",
+        default="none",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "minidock(timeout=SECONDS): options for this test's function-scoped containers",
+    )
+    for key, allowed in (("minidock_pull", PULL_POLICIES), ("minidock_retention", RETENTIONS)):
+        value = str(config.getini(key))
+        if value not in allowed:
+            raise pytest.UsageError(f"ini {key} = {value!r}: use one of {', '.join(allowed)}")
+    _timeout(config)
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    config.stash[RUN] = str(workerinput.get("minidock_run") or secrets.token_hex(3))
+    config.stash[WORKER_STATS] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: the workers share this run's ID and know the controller's pid."""
+    node.workerinput["minidock_run"] = node.config.stash[RUN]
+    node.workerinput["minidock_controller"] = os.getpid()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: collect a worker's numbers for the summary."""
+    stats = getattr(node, "workeroutput", {}).get("minidock")
+    if stats:
+        node.config.stash[WORKER_STATS].append(stats)
 
 
 def store_root(config: pytest.Config) -> str | None:
@@ -36,6 +132,75 @@ def store_root(config: pytest.Config) -> str | None:
     return ini or None
 
 
+def _timeout(config: pytest.Config) -> float:
+    option: float | None = config.getoption("minidock_timeout")
+    if option is not None:
+        return option
+    text = str(config.getini("minidock_timeout"))
+    try:
+        return float(text)
+    except ValueError:
+        raise pytest.UsageError(f"ini minidock_timeout = {text!r}: expected seconds") from None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say at once what the machine lacks, if the collected tests use containers."""
+    if not session.items:
+        return
+    # every container() and build() fixture, and ``minidock``, depend on minidock_session
+    users = [i for i in session.items if "minidock_session" in getattr(i, "fixturenames", ())]
+    if not users:
+        return
+    from pytest_minidock.fixtures import session as state
+
+    reason = state.missing_capability()
+    custom_engine = session.config.hook.pytest_minidock_engine.get_hookimpls()
+    if reason is not None and not custom_engine:
+        raise pytest.UsageError(
+            f"{reason}\n{len(users)} collected test(s) use containers, the first: {users[0].nodeid}"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    ms = item.config.stash.get(SESSION, None)
+    if ms is not None:
+        ms.on_report(item, report)
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After the session fixtures' teardown: an xdist worker sends its numbers to the controller."""
+    ms = session.config.stash.get(SESSION, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if ms is not None and workeroutput is not None:
+        workeroutput["minidock"] = ms.stats()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    collected: list[dict[str, Any]] = config.stash.get(WORKER_STATS, [])
+    stats = list(collected)
+    ms = config.stash.get(SESSION, None)
+    if ms is not None and not hasattr(config, "workerinput"):
+        stats.append(ms.stats())
+    if not stats:
+        return
+    from pytest_minidock.fixtures import summary_lines
+
+    lines = summary_lines(stats)
+    if lines:
+        terminalreporter.write_sep("=", "minidock")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+# -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def minidock_store(pytestconfig: pytest.Config) -> Store:
     """The local image store of this session.
@@ -46,3 +211,46 @@ def minidock_store(pytestconfig: pytest.Config) -> Store:
     from pytest_minidock.store.store import Store
 
     return Store(store_root(pytestconfig))
+
+
+@pytest.fixture(scope="session")
+def minidock_session(pytestconfig: pytest.Config) -> Iterator[MinidockSession]:
+    """The plugin's state for this session (per xdist worker): engine, network, keep policy.
+
+    Name: ``minidock_session`` · Scope: session · Depends: nothing. Every ``container()`` and
+    ``build()`` fixture depends on it. At teardown (after theirs) it removes the session network
+    unless a kept container is on it.
+    """
+    from pytest_minidock.fixtures import MinidockSession
+
+    config = pytestconfig
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    ms = MinidockSession(
+        config,
+        root=store_root(config),
+        run=config.stash[RUN],
+        worker=str(workerinput.get("workerid", "")),
+        controller=str(workerinput.get("minidock_controller", "")),
+        keep=bool(config.getoption("minidock_keep")),
+        reuse=bool(config.getoption("minidock_reuse")),
+        retention=str(config.getini("minidock_retention")),
+        pull=str(config.getoption("minidock_pull") or config.getini("minidock_pull")),
+        no_cache=bool(config.getoption("minidock_no_cache")),
+        timeout=_timeout(config),
+    )
+    config.stash[SESSION] = ms
+    try:
+        yield ms
+    finally:
+        ms.close()
+
+
+@pytest.fixture(scope="session")
+def minidock(minidock_session: MinidockSession) -> Engine:
+    """The session's ``Engine`` for imperative use: ``minidock.run(...)`` (a ``Container`` handle,
+    a context manager), ``minidock.exec``, ``minidock.images``…
+
+    Name: ``minidock`` · Scope: session · Depends: ``minidock_session``. Removes, when first
+    used, what crashed runs left behind; containers it runs die with the session.
+    """
+    return minidock_session.engine

@@ -1098,15 +1098,15 @@ class Monitor:
         _close_fds_except(
             {0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio), *launch.port_fds}
         )
+        self.record_running(pid, monitor_pid, process_start_time(monitor_pid))
+        os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())  # (the owner then attaches the
+        os.close(sync_w)  # network PID 1 waits for, before it makes its terminal)
         if stdio.tty:  # receive the pty master PID 1 made in the container's own devpts
             import socket
 
             with socket.socket(fileno=tty_master) as sock:
                 _, fds, _, _ = socket.recv_fds(sock, 1, 1)
             tty_master = fds[0] if fds else -1
-        self.record_running(pid, monitor_pid, process_start_time(monitor_pid))
-        os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())
-        os.close(sync_w)
         log = LogWriter(launch.dir / "log")
         if stdio.tty:
             if tty_master >= 0:
@@ -1131,6 +1131,14 @@ class Monitor:
                 launch.cgroup.kill_all(signal.SIGKILL)
             with contextlib.suppress(Exception):
                 launch.cgroup.remove()
+        if launch.port_fds:  # stop forwarding, then let the host ports go (before the state
+            with contextlib.suppress(Exception):  # says "exited": they are free by then)
+                from pytest_minidock.runtime.network import Networks
+
+                Networks(launch.root).unpublish(launch.cid)
+            for fd in launch.port_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         with self.state.locked(launch.cid):  # one read-modify-write: `rm -f` may be under way
             state = self.state.read_state(launch.cid)
             self.state.write_state(
@@ -1143,11 +1151,6 @@ class Monitor:
                     oom_killed=oom,
                 ),
             )
-        if launch.port_fds:  # stop forwarding before the host ports are let go
-            with contextlib.suppress(Exception):
-                from pytest_minidock.runtime.network import Networks
-
-                Networks(launch.root).unpublish(launch.cid)
         if launch.auto_remove:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)

@@ -385,6 +385,7 @@ class _Supervisor:  # pragma: no cover - the launcher process
             from pytest_minidock.runtime.container import (
                 EXIT_RUNTIME,
                 Monitor,
+                _close_fds_except,
                 _Launch,
                 unshare_namespaces,
             )
@@ -392,7 +393,9 @@ class _Supervisor:  # pragma: no cover - the launcher process
             self.sys.set_pdeathsig(signal.SIGKILL)
             if select.select([self.pidfd], [], [], 0)[0]:
                 os._exit(EXIT_RUNTIME)
-            mine.close()
+            # a spare may wait long: it must not pin what the launcher holds for others (their
+            # host ports above all, which would stay bound after their exit)
+            _close_fds_except({0, 1, 2, theirs.fileno(), out_w, err_w})
             unshare_namespaces(self.sys, own_net=True)
             got = _recv_request(theirs)
             if got is None:
@@ -513,10 +516,7 @@ class _Supervisor:  # pragma: no cover - the launcher process
             return
         item.log.close()
         with contextlib.suppress(Exception):
-            item.monitor.record_exit(item.code)
-        for fd in item.monitor.launch.port_fds:  # the published host ports are free again
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            item.monitor.record_exit(item.code)  # (it closes the port sockets too)
 
 
 def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the launcher process

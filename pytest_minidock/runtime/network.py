@@ -502,16 +502,24 @@ def _root_key(root: Path) -> str:
 
 
 def _write_in_place(path: str, text: str) -> None:
-    """Rewrite a file that is bind-mounted into a container: same inode (O_TRUNC, never rename).
-    A file that is gone (its container was removed) is left gone."""
+    """Rewrite a file that is bind-mounted into a container: same inode, never renamed.
+
+    Nothing is written when the content is unchanged, and the new content is written over the
+    old before the file is cut to its length, so a reader in the container never finds it empty
+    (``O_TRUNC`` first would let a name lookup at that moment fail). A file that is gone (its
+    container was removed) is left gone."""
+    data = text.encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
+        if os.pread(fd, len(data) + 1, 0) == data:
+            return
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, data[offset:], offset)
+        os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 

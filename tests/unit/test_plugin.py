@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import pytest
+import pytest
 
 # The inner sessions do not need hypothesis, whose plugin costs ~1 s per session here.
 NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
@@ -41,3 +38,41 @@ def test_store_root_from_option_then_ini(pytester: pytest.Pytester) -> None:
     pytester.makeini(f"[pytest]\nminidock_root = {ini_root}\n")
     result = pytester.runpytest(*NO_HYPOTHESIS, "-s")
     result.stdout.fnmatch_lines([f"*ROOT={ini_root}"])
+
+
+def test_all_options_and_ini_keys_are_documented(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest(*NO_HYPOTHESIS, "--help")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*--minidock-keep*",
+            "*--minidock-reuse*",
+            "*--minidock-pull=*",
+            "*--minidock-no-cache*",
+            "*--minidock-timeout=SECONDS*",
+            "*minidock_pull (string)*",
+            "*minidock_timeout (string)*",
+            "*minidock_retention (string)*",
+        ]
+    )
+
+
+def test_bad_ini_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makeini("[pytest]\nminidock_retention = sometimes\n")
+    result = pytester.runpytest(*NO_HYPOTHESIS)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*ini minidock_retention = 'sometimes': use one of none, failed, all*"]
+    )
+    pytester.makeini("[pytest]\nminidock_timeout = soon\n")
+    result = pytester.runpytest(*NO_HYPOTHESIS)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini minidock_timeout = 'soon': expected seconds*"])
+    pytester.makeini("[pytest]\nminidock_pull = maybe\n")
+    result = pytester.runpytest(*NO_HYPOTHESIS)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest(*NO_HYPOTHESIS, "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.minidock(timeout=SECONDS): *"])
