@@ -38,6 +38,8 @@ from pytest_minidock.capabilities import NAMES as CAPABILITIES
 from pytest_minidock.capabilities import normalize as normalize_capability
 from pytest_minidock.errors import ImageError, RuntimeFailure, StoreError, UsageError
 from pytest_minidock.image.model import Healthcheck
+from pytest_minidock.image.whiteouts import is_opaque as _is_opaque
+from pytest_minidock.image.whiteouts import is_whiteout as _is_whiteout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -907,34 +909,6 @@ def resolve_user(user: str, read_file: Callable[[str], bytes | None]) -> Resolve
 
 
 # ---- reading files from image layers ----------------------------------------------------------
-
-
-def _xattr(path: bytes, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError:
-        return None
-
-
-def _is_whiteout(path: bytes, st: os.stat_result) -> bool:
-    """An overlay whiteout: a 0:0 character device, or an empty file with the whiteout xattr."""
-    if stat.S_ISCHR(st.st_mode):
-        return st.st_rdev == 0
-    return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_size == 0
-        and (
-            _xattr(path, "user.overlay.whiteout") is not None
-            or _xattr(path, "trusted.overlay.whiteout") is not None
-        )
-    )
-
-
-def _is_opaque(path: bytes) -> bool:
-    """An opaque directory hides the lower layers' one. ``x`` only marks xattr whiteouts inside."""
-    return _xattr(path, "trusted.overlay.opaque") == b"y" or (
-        _xattr(path, "user.overlay.opaque") == b"y"
-    )
 
 
 _Found = Literal["dir", "file", "link", "none"]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_minidock.errors import BuildError
+from pytest_minidock.image.whiteouts import is_opaque as _is_opaque
+from pytest_minidock.image.whiteouts import is_whiteout as _is_whiteout
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -67,32 +69,6 @@ class ViewEntry:
     @property
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.st.st_mode)
-
-
-def _xattr(path: bytes, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError:
-        return None
-
-
-def _is_whiteout(path: bytes, st: os.stat_result) -> bool:
-    if stat.S_ISCHR(st.st_mode):
-        return st.st_rdev == 0
-    return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_size == 0
-        and (
-            _xattr(path, "user.overlay.whiteout") is not None
-            or _xattr(path, "trusted.overlay.whiteout") is not None
-        )
-    )
-
-
-def _is_opaque(path: bytes) -> bool:
-    return _xattr(path, "trusted.overlay.opaque") == b"y" or (
-        _xattr(path, "user.overlay.opaque") == b"y"
-    )
 
 
 class LayerView:
