@@ -221,10 +221,16 @@ def _exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def _read_until_started(fd: int) -> bytes:
-    """What the sync pipe says up to its first ``P``/``E`` line (or its end)."""
+def _read_until_started(fd: int, *, netns: bool = False) -> bytes:
+    """What the sync pipe says up to its ``P`` line (and with ``netns``, PID 1's ``N``: it has
+    its own network namespace), or up to an ``E`` line or its end."""
     data = b""
-    while not any(line[:2] in (b"P ", b"E ") for line in data.split(b"\n")[:-1]):
+
+    def done() -> bool:
+        kinds = {line[:1] for line in data.split(b"\n")[:-1]}
+        return b"E" in kinds or (b"P" in kinds and (not netns or b"N" in kinds))
+
+    while not done():
         try:
             chunk = os.read(fd, 4096)
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
@@ -422,6 +428,8 @@ class Runtime:
                     raise RuntimeFailure(f"cannot fork for container {record.name}: {exc}") from exc
                 if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
                     os.close(sync_r)
+                    if go_w >= 0:  # PID 1 must see its end when the owner closes it
+                        os.close(go_w)
                     self._monitor_entry(launch, sync_w, detached, owner)
                 os.close(sync_w)
         except BaseException:
@@ -434,7 +442,7 @@ class Runtime:
             if launch.go_fd >= 0:
                 os.close(launch.go_fd)
         try:
-            message = _read_until_started(sync_r)
+            message = _read_until_started(sync_r, netns=go_w >= 0)
             net_error: BaseException | None = None
             if go_w >= 0 and network is not None and reserved is not None:
                 try:
@@ -462,7 +470,7 @@ class Runtime:
             elif kind == "E":
                 code, _, text = rest.partition(" ")
                 error = (int(code), text)
-        if error is None and net_error is not None:
+        if net_error is not None:  # (PID 1 only says that it was not told to go on)
             error = (EXIT_RUNTIME, f"cannot start container {record.name}: {net_error}")
         if error is not None:
             if network is not None:
@@ -1257,6 +1265,8 @@ class Monitor:
                 launch.cgroup.add(os.getpid())
             if not prepared:
                 unshare_namespaces(sys_, own_net=launch.own_net)
+            if launch.go_fd >= 0:  # in our own network namespace: the owner may attach it now
+                os.write(sync_w, b"N\n")
             mounts.apply(launch.plan, sys_)
             sys_.sethostname(launch.hostname)
             if launch.go_fd >= 0:  # the owner attaches our network meanwhile
