@@ -1,7 +1,9 @@
 """buildkit's own parser golden files, run against our parser byte for byte.
 
-The suite lives outside the repository (``/work/shared/conformance/buildkit-parser``, see its
-``FORMAT.md``): every ``testfiles/*/Dockerfile`` must dump exactly to its ``result``, every
+The suite is the team's shared copy (``../shared/conformance/buildkit-parser``, see its
+``FORMAT.md``), vendored in ``tests/conformance/buildkit-parser`` (Apache-2.0, see its LICENSE
+and SOURCE.txt) so that a clone alone runs it; when the shared copy is there too, the vendored
+one must equal it. Every ``testfiles/*/Dockerfile`` must dump exactly to its ``result``, every
 ``testfiles-negative/*/Dockerfile`` must be refused, and ``testfile-line/Dockerfile`` must give
 buildkit's line numbers. A missing suite fails in CI and skips elsewhere.
 """
@@ -16,7 +18,17 @@ from pytest_minidock.dockerfile.parser import dump, parse
 from pytest_minidock.errors import DockerfileError
 from tests.conftest import IN_CI
 
-SUITE = Path(__file__).parents[3] / "shared" / "conformance" / "buildkit-parser"
+SUITE = Path(__file__).parents[1] / "conformance" / "buildkit-parser"
+SHARED = Path(__file__).parents[3] / "shared" / "conformance" / "buildkit-parser"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared copy next to this clone to compare")
+def test_the_vendored_suite_is_the_shared_one() -> None:
+    assert _files(SUITE) == _files(SHARED)
 
 
 def _cases(kind: str) -> list[object]:
