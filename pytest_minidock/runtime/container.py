@@ -221,6 +221,23 @@ def _exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _parse_sync(message: bytes) -> tuple[int, int, tuple[int, str] | None]:
+    """The sync pipe's lines: ``P <pid> <monitor pid>`` (started), ``E <code> <message>`` (could
+    not start), ``N`` (PID 1 has its own network namespace); the pids (0 if not said) and the
+    error, if any."""
+    pid = monitor_pid = 0
+    error: tuple[int, str] | None = None
+    for line in message.decode(errors="replace").splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "P":
+            a, b = rest.split()
+            pid, monitor_pid = int(a), int(b)
+        elif kind == "E":
+            code, _, text = rest.partition(" ")
+            error = (int(code), text)
+    return pid, monitor_pid, error
+
+
 def _read_until_started(fd: int, *, netns: bool = False) -> bytes:
     """What the sync pipe says up to its ``P`` line (and with ``netns``, PID 1's ``N``: it has
     its own network namespace), or up to an ``E`` line or its end."""
@@ -391,8 +408,8 @@ class Runtime:
         record = self.state.find(cid)
         if record.state.running():
             raise RuntimeFailure(f"container {record.name} is already running")
-        launch = self._prepare(record, stdio or Stdio(), bound=not detached)
         spec = self.spec_of(record)
+        launch = self._prepare(record, spec, stdio or Stdio(), bound=not detached)
         network = _network_name(spec)
         reserved: PublishedPorts | None = None
         go_w = -1
@@ -460,16 +477,7 @@ class Runtime:
             os.waitpid(pid, 0)
         elif pid:
             self._children.add(pid)
-        started_pid = monitor_pid = 0
-        error: tuple[int, str] | None = None
-        for line in message.decode(errors="replace").splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind == "P":
-                a, b = rest.split()
-                started_pid, monitor_pid = int(a), int(b)
-            elif kind == "E":
-                code, _, text = rest.partition(" ")
-                error = (int(code), text)
+        started_pid, monitor_pid, error = _parse_sync(message)
         if net_error is not None:  # (PID 1 only says that it was not told to go on)
             error = (EXIT_RUNTIME, f"cannot start container {record.name}: {net_error}")
         if error is not None:
@@ -501,15 +509,9 @@ class Runtime:
     ) -> None:
         """PID 1 was forked (``message`` says its pid): put it on ``network``, forward its
         published ports, record the ``NetworkSettings`` and let it exec."""
-        pid = 0
-        for line in message.decode(errors="replace").splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind == "P":
-                pid = int(rest.split()[0])
-            elif kind == "E":
-                return  # it failed already: the error is reported as it is
-        if not pid:
-            return
+        pid, _, error = _parse_sync(message)
+        if error is not None or not pid:
+            return  # it failed already: the error is reported as it is
         from pytest_minidock.runtime import ports
         from pytest_minidock.runtime.network import Networks
 
@@ -551,13 +553,14 @@ class Runtime:
 
         return type(self.sys) is LinuxSyscalls
 
-    def _prepare(self, record: ContainerRecord, stdio: Stdio, *, bound: bool) -> _Launch:
+    def _prepare(
+        self, record: ContainerRecord, spec: ContainerSpec, stdio: Stdio, *, bound: bool
+    ) -> _Launch:
         _preload()
         assert self.sys is not None  # load libc here, not in every forked child
         from pytest_minidock.runtime import mounts
         from pytest_minidock.spec import lookup_in_layers, merge_env, resolve_user
 
-        spec = self.spec_of(record)
         d = record.dir
         lowerdirs = tuple(record.config["LowerDirs"])
         layers = (*lowerdirs, str(d / "upper"))
