@@ -22,6 +22,7 @@ namespace. Nothing here imports the rest of the library: a strategy talks to a `
 
 from __future__ import annotations
 
+import abc
 import builtins
 import os
 import re
@@ -151,11 +152,12 @@ class Probe(Protocol):
     def check(self, target: Target, elapsed: float) -> Step: ...
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """What "ready" means. Combine with ``&`` (all must hold) and ``|`` (one is enough)."""
 
+    @abc.abstractmethod
     def probe(self) -> Probe:
-        raise NotImplementedError
+        """A fresh checking state for one container."""
 
     def __and__(self, other: Strategy) -> Strategy:
         return all(self, other)
@@ -173,8 +175,9 @@ class _Stateless(Strategy):
     def probe(self) -> Probe:
         return self
 
+    @abc.abstractmethod
     def check(self, target: Target, elapsed: float) -> Step:
-        raise NotImplementedError
+        """One look at ``target``, ``elapsed`` seconds into the wait."""
 
 
 # -- the socket table ----------------------------------------------------------------------------
