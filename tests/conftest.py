@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,7 +12,6 @@ from tests.support.rootfs import busybox_tar
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from pytest_minidock.store.store import Store
 
@@ -71,14 +71,20 @@ ROOTS: list[Path] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _networks_of_test_roots() -> Iterator[None]:
+def _networks_of_test_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Remove the bridges, veths and nftables tables that containers of the test roots made
-    (a root's ``bridge`` network lives on after its containers, as docker's does)."""
+    (a root's ``bridge`` network lives on after its containers, as docker's does): the roots
+    ``make_busybox_root`` made, and any other root under this session's temporary directory."""
     yield
-    for root in ROOTS:
-        if (root / "networks").is_dir():
-            from pytest_minidock.runtime.network import Networks
+    roots = [r for r in ROOTS if (r / "networks" / "state.json").is_file()]
+    for top, dirs, files in os.walk(tmp_path_factory.getbasetemp()):
+        if "state.json" in files and os.path.basename(top) == "networks":
+            roots.append(Path(top).parent)
+            dirs.clear()
+    if roots:
+        from pytest_minidock.runtime.network import Networks
 
+        for root in dict.fromkeys(roots):
             Networks(root).destroy()
 
 
