@@ -1,0 +1,559 @@
+"""Record classes: the subset of :mod:`dataclasses` this package uses, made cheap to import.
+
+Every ``minidock`` command pays at start for the classes of the modules it imports. The standard
+``dataclasses`` module costs ~15 ms to import on this project's machines (it imports ``inspect``)
+and ~1 ms per frozen class (one ``exec`` per generated method); a ``minidock run`` imports some
+forty of them. This module builds the same classes with one ``exec`` per class and imports nothing
+heavy, which brings that cost down to a fraction.
+
+The API mirrors the standard one for what the package uses: :func:`dataclass` (``init``, ``repr``,
+``eq``, ``order``, ``frozen``, ``slots``, ``kw_only``, ``unsafe_hash``), :func:`field`
+(``default``, ``default_factory``, ``init``, ``repr``, ``compare``, ``hash``, ``kw_only``,
+``metadata``), :func:`fields`, :func:`replace`, :func:`asdict`, :func:`is_dataclass` and
+:class:`FrozenInstanceError`. ``typing.dataclass_transform`` tells type checkers the classes are
+dataclasses. ``ClassVar`` annotations are not fields; ``InitVar`` and ``KW_ONLY`` are not supported
+(nothing here uses them) and raise :class:`TypeError` at class creation rather than misbehave.
+
+The classes stay usable with the standard module, which users of the hooks may reach for
+(``dataclasses.replace(spec.overrides, ...)``): ``__dataclass_fields__`` is a class attribute that,
+on first access, imports :mod:`dataclasses` and answers with real ``dataclasses.Field`` objects.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any, Final, TypeVar, dataclass_transform, overload
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "MISSING",
+    "Field",
+    "FrozenInstanceError",
+    "asdict",
+    "dataclass",
+    "field",
+    "fields",
+    "is_dataclass",
+    "replace",
+]
+
+_T = TypeVar("_T")
+_FIELDS: Final = "__record_fields__"
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final[Any] = _Missing()
+_FACTORY: Final[Any] = type("_Factory", (), {"__repr__": lambda self: "<factory>"})()
+
+
+class FrozenInstanceError(AttributeError):
+    """An assignment to (or deletion of) a field of a frozen record."""
+
+
+class Field:
+    """One field of a record: its name, default, and which generated methods use it."""
+
+    __slots__ = (
+        "compare",
+        "default",
+        "default_factory",
+        "hash",
+        "init",
+        "kw_only",
+        "metadata",
+        "name",
+        "repr",
+        "type",
+    )
+
+    def __init__(  # noqa: PLR0917 - the record of field()'s keywords, made in two places
+        self,
+        default: Any,
+        default_factory: Any,
+        init: bool,
+        repr: bool,
+        compare: bool,
+        hash: bool | None,
+        kw_only: Any,
+        metadata: Mapping[Any, Any] | None,
+    ) -> None:
+        self.name = ""
+        self.type: Any = None
+        self.default = default
+        self.default_factory = default_factory
+        self.init = init
+        self.repr = repr
+        self.compare = compare
+        self.hash = hash
+        self.kw_only = kw_only
+        self.metadata: Mapping[Any, Any] = metadata if metadata is not None else {}
+
+    def __repr__(self) -> str:
+        return f"Field(name={self.name!r}, default={self.default!r}, kw_only={self.kw_only!r})"
+
+
+def field(
+    *,
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    init: bool = True,
+    repr: bool = True,
+    compare: bool = True,
+    hash: bool | None = None,
+    kw_only: bool | Any = MISSING,
+    metadata: Mapping[Any, Any] | None = None,
+) -> Any:
+    """Describe one field, as :func:`dataclasses.field` does."""
+    if default is not MISSING and default_factory is not MISSING:
+        raise ValueError("cannot specify both default and default_factory")
+    return Field(default, default_factory, init, repr, compare, hash, kw_only, metadata)
+
+
+class _StdlibFields:
+    """``__dataclass_fields__`` for the standard module, built on first access."""
+
+    def __get__(self, obj: object, objtype: type | None = None) -> dict[str, Any]:
+        owner = objtype if objtype is not None else type(obj)
+        cached = owner.__dict__.get("__record_stdlib_fields__")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        import dataclasses
+
+        out: dict[str, Any] = {}
+        for f in getattr(owner, _FIELDS).values():
+            std: Any = dataclasses.field(
+                default=dataclasses.MISSING if f.default is MISSING else f.default,
+                default_factory=(
+                    dataclasses.MISSING if f.default_factory is MISSING else f.default_factory
+                ),
+                init=f.init,
+                repr=f.repr,
+                compare=f.compare,
+                hash=f.hash,
+                kw_only=f.kw_only if f.kw_only is not MISSING else dataclasses.MISSING,
+                metadata=f.metadata or None,
+            )
+            std.name = f.name
+            std.type = f.type
+            std._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+            out[f.name] = std
+        type.__setattr__(owner, "__record_stdlib_fields__", out)
+        return out
+
+
+def _is_classvar(annotation: object) -> bool:
+    if isinstance(annotation, str):
+        return annotation.startswith(("ClassVar", "typing.ClassVar", "Final", "typing.Final"))
+    origin = getattr(annotation, "__origin__", annotation)
+    import typing
+
+    return origin is typing.ClassVar
+
+
+def _check_annotation(cls: type, name: str, annotation: object) -> None:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    if "InitVar" in text or text in ("KW_ONLY", "dataclasses.KW_ONLY"):
+        raise TypeError(f"{cls.__qualname__}.{name}: InitVar and KW_ONLY are not supported")
+
+
+def _collect(cls: type, kw_only: bool) -> dict[str, Field]:
+    all_fields: dict[str, Field] = {}
+    for base in reversed(cls.__mro__[1:]):
+        inherited = base.__dict__.get(_FIELDS)
+        if inherited is not None:
+            all_fields.update(inherited)
+    # The class's own annotations, unevaluated (inspect.get_annotations would cost its import).
+    annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+    for name, annotation in annotations.items():
+        if _is_classvar(annotation):
+            continue
+        _check_annotation(cls, name, annotation)
+        default = cls.__dict__.get(name, MISSING)
+        if isinstance(default, Field):
+            f = default
+            if f.default is MISSING:
+                # The class attribute was the Field itself: take it away (dataclasses does too).
+                delattr(cls, name)
+            else:
+                setattr(cls, name, f.default)
+        else:
+            f = Field(default, MISSING, True, True, True, None, MISSING, None)
+        if isinstance(f.default, (list, dict, set)):
+            raise ValueError(
+                f"mutable default {type(f.default)} for field {name} of {cls.__qualname__} is "
+                "not allowed: use default_factory"
+            )
+        f.name = name
+        f.type = annotation
+        if f.kw_only is MISSING:
+            f.kw_only = kw_only
+        all_fields[name] = f
+    return all_fields
+
+
+def _make_methods(
+    cls: type,
+    all_fields: dict[str, Field],
+    *,
+    init: bool,
+    repr_: bool,
+    eq: bool,
+    order: bool,
+    frozen: bool,
+    hash_action: str,
+) -> dict[str, Any]:
+    """Generate the methods with one ``exec`` and return those the class does not define."""
+    names: dict[str, Any] = {"_MISSING": MISSING, "_FACTORY": _FACTORY}
+    lines: list[str] = []
+    own = cls.__dict__
+
+    if init and "__init__" not in own:
+        args: list[str] = []
+        kw: list[str] = []
+        body: list[str] = []
+        seen_default = False
+        setter = "_setattr(self, {n!r}, {v})" if frozen else "self.{n} = {v}"
+        if frozen:
+            names["_setattr"] = object.__setattr__
+        for f in all_fields.values():
+            n = f.name
+            if f.default_factory is not MISSING:
+                names[f"_dflt_{n}"] = f.default_factory
+                if f.init:
+                    value = f"_dflt_{n}() if {n} is _FACTORY else {n}"
+                    param = f"{n}=_FACTORY"
+                else:
+                    value = f"_dflt_{n}()"
+                    param = ""
+            elif f.default is not MISSING:
+                names[f"_dflt_{n}"] = f.default
+                value = n if f.init else f"_dflt_{n}"
+                param = f"{n}=_dflt_{n}" if f.init else ""
+            else:
+                if not f.init:
+                    continue
+                value = n
+                param = n
+            if param:
+                if f.kw_only:
+                    kw.append(param)
+                else:
+                    if "=" in param:
+                        seen_default = True
+                    elif seen_default:
+                        raise TypeError(
+                            f"non-default argument {n!r} follows default argument in "
+                            f"{cls.__qualname__}"
+                        )
+                    args.append(param)
+            body.append("  " + setter.format(n=n, v=value))
+        if hasattr(cls, "__post_init__"):
+            body.append("  self.__post_init__()")
+        signature = ", ".join(["self", *args, *(["*", *kw] if kw else [])])
+        lines.append(f"def __init__({signature}):")
+        lines.extend(body or ["  pass"])
+
+    methods: dict[str, Any] = {}
+    if repr_ and "__repr__" not in own:
+        methods["__repr__"] = _repr_method(tuple(f.name for f in all_fields.values() if f.repr))
+    compared = _getter(tuple(f.name for f in all_fields.values() if f.compare))
+    if eq and "__eq__" not in own:
+        methods["__eq__"] = _compare_method(compared, operator.eq)
+    if order:
+        for name, op in (
+            ("__lt__", operator.lt),
+            ("__le__", operator.le),
+            ("__gt__", operator.gt),
+            ("__ge__", operator.ge),
+        ):
+            if name in own:
+                raise TypeError(f"cannot overwrite attribute {name} in class {cls.__qualname__}")
+            methods[name] = _compare_method(compared, op)
+    if hash_action == "add":
+        hashed = _getter(
+            tuple(f.name for f in all_fields.values() if (f.compare if f.hash is None else f.hash))
+        )
+        methods["__hash__"] = lambda self: hash(hashed(self))
+    if frozen:
+        for name in ("__setattr__", "__delattr__"):
+            if name in own:
+                raise TypeError(f"cannot overwrite attribute {name} in class {cls.__qualname__}")
+        methods.update(_frozen_methods(cls, frozenset(all_fields)))
+
+    if lines:
+        # Only __init__ is generated as source: its signature is the record's.
+        exec("\n".join(lines), names)  # generated from field names only
+        methods["__init__"] = names["__init__"]
+    for name, fn in methods.items():
+        fn.__qualname__ = f"{cls.__qualname__}.{name}"
+        fn.__module__ = cls.__module__
+    return methods
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning the tuple of ``names``' values of a record (C-speed attrgetter)."""
+    if not names:
+        return lambda obj: ()
+    if len(names) == 1:
+        get_one = operator.attrgetter(names[0])
+        return lambda obj: (get_one(obj),)
+    return operator.attrgetter(*names)
+
+
+def _repr_method(names: tuple[str, ...]) -> Callable[[Any], str]:
+    def __repr__(self: Any) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{self.__class__.__qualname__}({inner})"
+
+    return __repr__
+
+
+def _compare_method(
+    values: Callable[[Any], tuple[Any, ...]], op: Callable[[Any, Any], Any]
+) -> Callable[[Any, Any], Any]:
+    def compare(self: Any, other: Any) -> Any:
+        if other.__class__ is self.__class__:
+            return op(values(self), values(other))
+        return NotImplemented
+
+    return compare
+
+
+def _frozen_methods(cls: type, field_names: frozenset[str]) -> dict[str, Callable[..., None]]:
+    # ``owner`` is rebound to the slotted copy of the class when ``slots=True`` makes one.
+    owner: list[type] = [cls]
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if self.__class__ is owner[0] or name in field_names:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        parent: Any = super(owner[0], self)
+        parent.__setattr__(name, value)
+
+    def __delattr__(self: Any, name: str) -> None:
+        if self.__class__ is owner[0] or name in field_names:
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        parent: Any = super(owner[0], self)
+        parent.__delattr__(name)
+
+    __setattr__.owner = owner  # type: ignore[attr-defined]
+    return {"__setattr__": __setattr__, "__delattr__": __delattr__}
+
+
+def _frozen_getstate(self: Any) -> list[Any]:
+    return [getattr(self, name) for name in getattr(self, _FIELDS)]
+
+
+def _frozen_setstate(self: Any, state: list[Any]) -> None:
+    for name, value in zip(getattr(self, _FIELDS), state, strict=True):
+        object.__setattr__(self, name, value)
+
+
+def _process(
+    cls: type[_T],
+    *,
+    init: bool,
+    repr_: bool,
+    eq: bool,
+    order: bool,
+    frozen: bool,
+    slots: bool,
+    kw_only: bool,
+    unsafe_hash: bool,
+) -> type[_T]:
+    if order and not eq:
+        raise ValueError("eq must be true if order is true")
+    all_fields = _collect(cls, kw_only)
+    for base in cls.__mro__[1:]:
+        params = base.__dict__.get("__record_params__")
+        if params is not None and params["frozen"] != frozen:
+            raise TypeError(
+                f"cannot inherit {'non-' if frozen else ''}frozen dataclass from a "
+                f"{'' if frozen else 'non-'}frozen one"
+            )
+    own_hash = cls.__dict__.get("__hash__", MISSING)
+    explicit_hash = not (own_hash is MISSING or (own_hash is None and "__eq__" in cls.__dict__))
+    if unsafe_hash:
+        if explicit_hash:
+            raise TypeError(f"cannot overwrite attribute __hash__ in class {cls.__qualname__}")
+        hash_action = "add"
+    elif eq and frozen and not explicit_hash:
+        hash_action = "add"
+    elif eq and not frozen and not explicit_hash:
+        hash_action = "none"
+    else:
+        hash_action = ""
+    methods = _make_methods(
+        cls,
+        all_fields,
+        init=init,
+        repr_=repr_,
+        eq=eq,
+        order=order,
+        frozen=frozen,
+        hash_action=hash_action,
+    )
+    for name, fn in methods.items():
+        setattr(cls, name, fn)
+    if hash_action == "none":
+        cls.__hash__ = None  # type: ignore[assignment]
+    type.__setattr__(cls, _FIELDS, all_fields)
+    type.__setattr__(cls, "__record_params__", {"frozen": frozen, "eq": eq, "order": order})
+    type.__setattr__(cls, "__dataclass_fields__", _StdlibFields())
+    if "__match_args__" not in cls.__dict__:
+        type.__setattr__(
+            cls,
+            "__match_args__",
+            tuple(f.name for f in all_fields.values() if f.init and not f.kw_only),
+        )
+    if slots:
+        cls = _with_slots(cls, all_fields, frozen)
+    return cls
+
+
+def _with_slots(cls: type[_T], all_fields: dict[str, Field], frozen: bool) -> type[_T]:
+    if "__slots__" in cls.__dict__:
+        raise TypeError(f"{cls.__qualname__} already specifies __slots__")
+    inherited: set[str] = set()
+    for base in cls.__mro__[1:-1]:
+        inherited.update(getattr(base, "__slots__", ()))
+    body = dict(cls.__dict__)
+    body["__slots__"] = tuple(n for n in all_fields if n not in inherited)
+    for name in all_fields:
+        body.pop(name, None)
+    body.pop("__dict__", None)
+    body.pop("__weakref__", None)
+    body.pop("__record_stdlib_fields__", None)
+    qualname = getattr(cls, "__qualname__", None)
+    metaclass: Any = type(cls)
+    new: Any = metaclass(cls.__name__, cls.__bases__, body)
+    if qualname is not None:
+        new.__qualname__ = qualname
+    if frozen:
+        if "__getstate__" not in body:
+            new.__getstate__ = _frozen_getstate
+        if "__setstate__" not in body:
+            new.__setstate__ = _frozen_setstate
+        # The frozen __setattr__/__delattr__ compare with the class they were made for.
+        body["__setattr__"].owner[0] = new
+    return new  # type: ignore[no-any-return]
+
+
+@overload
+def dataclass(cls: type[_T], /) -> type[_T]: ...
+
+
+@overload
+def dataclass(
+    *,
+    init: bool = True,
+    repr: bool = True,
+    eq: bool = True,
+    order: bool = False,
+    unsafe_hash: bool = False,
+    frozen: bool = False,
+    slots: bool = False,
+    kw_only: bool = False,
+) -> Callable[[type[_T]], type[_T]]: ...
+
+
+@dataclass_transform(field_specifiers=(field, Field))
+def dataclass(
+    cls: type[_T] | None = None,
+    /,
+    *,
+    init: bool = True,
+    repr: bool = True,
+    eq: bool = True,
+    order: bool = False,
+    unsafe_hash: bool = False,
+    frozen: bool = False,
+    slots: bool = False,
+    kw_only: bool = False,
+) -> type[_T] | Callable[[type[_T]], type[_T]]:
+    """Make ``cls`` a record class, as :func:`dataclasses.dataclass` does."""
+
+    def wrap(c: type[_T]) -> type[_T]:
+        return _process(
+            c,
+            init=init,
+            repr_=repr,
+            eq=eq,
+            order=order,
+            frozen=frozen,
+            slots=slots,
+            kw_only=kw_only,
+            unsafe_hash=unsafe_hash,
+        )
+
+    if cls is None:
+        return wrap
+    return wrap(cls)
+
+
+def is_dataclass(obj: object) -> bool:
+    """Whether ``obj`` is a record class or an instance of one (or a standard dataclass)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return hasattr(cls, _FIELDS) or hasattr(cls, "__dataclass_fields__")
+
+
+def fields(obj: object) -> tuple[Any, ...]:
+    """The fields of a record class or instance, in definition order."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    found = getattr(cls, _FIELDS, None)
+    if found is None:
+        if hasattr(cls, "__dataclass_fields__"):  # a standard dataclass
+            import dataclasses
+
+            return tuple(dataclasses.fields(cls))
+        raise TypeError(f"{cls.__qualname__} is not a dataclass")
+    return tuple(found.values())
+
+
+def replace(obj: _T, /, **changes: Any) -> _T:
+    """A copy of the record ``obj`` with ``changes`` applied, through its ``__init__``."""
+    found = getattr(type(obj), _FIELDS, None)
+    if found is None:
+        raise TypeError("replace() should be called on dataclass instances")
+    for f in found.values():
+        if not f.init:
+            if f.name in changes:
+                raise ValueError(
+                    f"field {f.name} is declared with init=False, it cannot be specified with "
+                    "replace()"
+                )
+            continue
+        if f.name not in changes:
+            changes[f.name] = getattr(obj, f.name)
+    return type(obj)(**changes)
+
+
+def asdict(obj: object) -> dict[str, Any]:
+    """The record ``obj`` as a dict, recursing into records, lists, tuples and dicts."""
+    if getattr(type(obj), _FIELDS, None) is None or isinstance(obj, type):
+        raise TypeError("asdict() should be called on dataclass instances")
+    return _asdict(obj)  # type: ignore[no-any-return]
+
+
+def _asdict(value: Any) -> Any:
+    found = getattr(type(value), _FIELDS, None)
+    if found is not None and not isinstance(value, type):
+        return {name: _asdict(getattr(value, name)) for name in found}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*[_asdict(v) for v in value])
+    if isinstance(value, (list, tuple)):
+        return type(value)(_asdict(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((_asdict(k), _asdict(v)) for k, v in value.items())
+    if isinstance(value, (str, int, float, bool, bytes, type(None))):
+        return value
+    import copy
+
+    return copy.deepcopy(value)
