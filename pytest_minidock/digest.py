@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import IO
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import DigestMismatch, InvalidDigest
 
 __all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]

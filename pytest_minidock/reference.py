@@ -32,8 +32,8 @@ distribution/reference v0.6).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import InvalidDigest, InvalidReference
 

@@ -31,9 +31,9 @@ import os
 import re
 import signal
 import stat
-from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from pytest_minidock._record import dataclass, field, fields
 from pytest_minidock.capabilities import NAMES as CAPABILITIES
 from pytest_minidock.capabilities import normalize as normalize_capability
 from pytest_minidock.errors import ImageError, RuntimeFailure, StoreError, UsageError

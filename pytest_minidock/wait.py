@@ -27,9 +27,9 @@ import builtins
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import RuntimeFailure
 
 if TYPE_CHECKING:

@@ -33,10 +33,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.build.cache import BuildCache, CacheEntry, LayerRef
 from pytest_minidock.build.config import (
     apply_instruction,

@@ -22,10 +22,10 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import BuildError, ImageError, InvalidDigest
 from pytest_minidock.image.model import Descriptor, History

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import replace
 from pytest_minidock.dockerfile.instructions import (
     Arg,
     Cmd,

@@ -29,10 +29,10 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.build.ignore import PatternMatcher, go_clean, load_ignore
 from pytest_minidock.errors import BuildError, StoreError
 

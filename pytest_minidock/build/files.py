@@ -30,9 +30,9 @@ import posixpath
 import re
 import stat
 import tarfile
-from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Literal
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.build.context import (
     component_matcher,
     has_wildcards,

@@ -27,10 +27,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import BuildError
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock._record import replace
 from pytest_minidock.build.context import located
 from pytest_minidock.build.rootfs import LayerView, clean_path
 from pytest_minidock.build.runner import RunMount

@@ -23,12 +23,12 @@ in, which is what lets the property tests check that a key changes exactly when 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock import _record
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest
 
 if TYPE_CHECKING:
@@ -55,12 +55,12 @@ Pairs = tuple[tuple[str, str], ...]
 
 def _plain(value: Any) -> Any:
     """A JSON-able, order-stable form of an instruction's field values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if _record.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {"@": type(value).__name__}
         keyword = getattr(type(value), "keyword", None)
         if isinstance(keyword, str) and keyword:
             out["keyword"] = keyword
-        for f in dataclasses.fields(value):
+        for f in _record.fields(value):
             if f.name == "location":
                 continue
             out[f.name] = _plain(getattr(value, f.name))

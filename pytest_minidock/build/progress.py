@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TextIO, TypeAlias
+
+from pytest_minidock._record import dataclass
 
 if TYPE_CHECKING:
     from collections.abc import Callable

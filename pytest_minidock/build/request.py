@@ -8,9 +8,9 @@ arguments, target, ``--no-cache``, ``--pull``, the network of ``RUN`` steps, sec
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.errors import BuildError
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import BuildError
 from pytest_minidock.image.whiteouts import is_opaque as _is_opaque
 from pytest_minidock.image.whiteouts import is_whiteout as _is_whiteout

@@ -11,8 +11,9 @@ leaving the mounts out. ``api.Engine`` implements it over the runtime; tests use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from pytest_minidock._record import dataclass
 
 if TYPE_CHECKING:
     from collections.abc import Callable

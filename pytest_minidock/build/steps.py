@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.build.cache import LayerRef
 from pytest_minidock.build.config import DEFAULT_SHELL, join_workdir
 from pytest_minidock.build.context import fetch_url, located

@@ -32,9 +32,9 @@ the expanded instructions out, each ``Step`` saying which build arguments it use
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.dockerfile.flags import Mount, parse_mount
 from pytest_minidock.dockerfile.instructions import (
     Add,

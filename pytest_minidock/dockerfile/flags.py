@@ -17,9 +17,9 @@ from __future__ import annotations
 import difflib
 import posixpath
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.dockerfile._go import parse_go_bool, parse_go_uint
 from pytest_minidock.errors import DockerfileSyntaxError
 

@@ -17,9 +17,9 @@ knows what is in scope; ``stages`` groups them into a ``Dockerfile``. Every erro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.dockerfile._go import go_lower, parse_go_duration
 from pytest_minidock.dockerfile.flags import (
     NETWORK_MODES,

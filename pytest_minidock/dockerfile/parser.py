@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.dockerfile._go import (
     GO_SPACE,
     go_lower,

@@ -28,9 +28,9 @@ it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.dockerfile._go import GO_SPACE
 from pytest_minidock.errors import DockerfileSyntaxError
 

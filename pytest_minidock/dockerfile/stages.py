@@ -9,10 +9,10 @@ first ``FROM`` are global (they are all ``FROM`` lines can use), each ``FROM`` s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.dockerfile._go import go_lower
 from pytest_minidock.dockerfile.instructions import (
     Arg,

@@ -18,9 +18,9 @@ import posixpath
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher, sha256_file
 from pytest_minidock.errors import ImageError, InvalidReference
 from pytest_minidock.image import mediatypes as mt

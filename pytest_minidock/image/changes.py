@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import replace
 from pytest_minidock.errors import UsageError
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ model are kept in ``extra`` and written back, so a foreign config survives an ed
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pytest_minidock._record import dataclass, field, replace
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import ImageError, InvalidDigest
 from pytest_minidock.image import mediatypes as mt

@@ -19,8 +19,9 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pytest_minidock._record import dataclass, field
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

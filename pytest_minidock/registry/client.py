@@ -13,10 +13,10 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import InvalidDigest, RegistryAuthError
 from pytest_minidock.registry import failures

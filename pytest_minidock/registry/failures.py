@@ -13,9 +13,9 @@ import http.client
 import json
 import socket
 import ssl
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.errors import (
     RegistryAuthError,
     RegistryBadContent,

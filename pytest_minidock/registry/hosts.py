@@ -24,11 +24,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.errors import UsageError
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ attestation-manifest``, platform ``unknown/unknown``) are never chosen.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import replace
 from pytest_minidock.errors import UsageError
 from pytest_minidock.image import mediatypes as mt
 from pytest_minidock.image.model import Platform

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.errors import UsageError
 from pytest_minidock.registry.failures import ENV_TIMEOUT
 

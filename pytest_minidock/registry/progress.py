@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from pytest_minidock._record import dataclass
 
 __all__ = [
     "ALREADY_EXISTS",

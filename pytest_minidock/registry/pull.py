@@ -23,9 +23,9 @@ import functools
 import http.client
 import os
 import threading
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher
 from pytest_minidock.errors import ImageError, RegistryError
 from pytest_minidock.image import mediatypes as mt

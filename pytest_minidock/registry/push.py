@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import ImageNotFound, RegistryError, StoreError, UsageError
 from pytest_minidock.registry import failures
 from pytest_minidock.registry import progress as events

@@ -16,9 +16,10 @@ import http.client
 import ssl
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
+
+from pytest_minidock._record import dataclass
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -48,11 +48,11 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import PrivilegeError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:

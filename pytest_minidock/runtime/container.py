@@ -35,10 +35,10 @@ import select
 import shutil
 import signal
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock._record import dataclass, replace
 from pytest_minidock.errors import MinidockError, RuntimeFailure, UsageError
 from pytest_minidock.runtime.logs import LogWriter
 from pytest_minidock.runtime.state import (

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from pytest_minidock._record import dataclass
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

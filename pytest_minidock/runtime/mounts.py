@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import RuntimeFailure, UsageError
 from pytest_minidock.runtime._sys import (
     MNT_DETACH,

@@ -34,7 +34,6 @@ there and back, so no process is forked and the calling thread never changes nam
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import hashlib
@@ -49,10 +48,11 @@ import socket
 import struct
 import subprocess
 import threading
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from pytest_minidock import _record
+from pytest_minidock._record import dataclass, field, replace
 from pytest_minidock.errors import (
     MinidockError,
     NetworkError,
@@ -187,7 +187,7 @@ class Network:
             Endpoint(**{**e, "aliases": tuple(e.get("aliases", ()))})
             for e in obj.pop("endpoints", [])
         )
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in _record.fields(cls)}
         return cls(
             owner=Owner(**owner) if owner else None,
             endpoints=endpoints,
@@ -294,7 +294,7 @@ class _State:
 # -- pure helpers ---------------------------------------------------------------------------------
 def _fields(obj: Any) -> dict[str, Any]:
     """A dataclass's fields, shallow (``dataclasses.asdict`` deep-copies: 10x slower here)."""
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {f.name: getattr(obj, f.name) for f in _record.fields(obj)}
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.errors import NetworkError, PortInUse, UsageError
 from pytest_minidock.runtime.network import PortMapping
 

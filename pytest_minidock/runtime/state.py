@@ -17,9 +17,9 @@ import os
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock._record import asdict, dataclass, field, replace
 from pytest_minidock.errors import RuntimeFailure, UsageError
 
 if TYPE_CHECKING:

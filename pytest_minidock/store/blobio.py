@@ -19,9 +19,9 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final, cast
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher
 from pytest_minidock.errors import DigestMismatch, StoreError
 

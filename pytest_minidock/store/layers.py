@@ -27,9 +27,9 @@ import io
 import os
 import stat
 import tarfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final, cast
 
+from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher
 from pytest_minidock.errors import StoreError, UsageError
 from pytest_minidock.store.blobio import (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from pytest_minidock._record import dataclass
 
 __all__ = ["ENV_ROOT", "StorePaths", "default_root"]
 

@@ -27,9 +27,9 @@ import os
 import stat
 import tarfile
 import zlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Self
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.errors import StoreError, UnsafeLayer
 
 if TYPE_CHECKING:

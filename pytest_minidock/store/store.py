@@ -14,11 +14,11 @@ import functools
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
+from pytest_minidock._record import dataclass, field
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import (
     ImageError,
