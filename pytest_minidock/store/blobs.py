@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -160,7 +159,7 @@ class BlobStore:
     def temp_path(self, prefix: str) -> Path:
         """A fresh temp path in the store's tmp dir, naming this pid (for stale clean-up)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return self.tmp_dir / f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
+        return self.tmp_dir / f"{prefix}-{os.getpid()}-{os.urandom(8).hex()}"
 
     def writer(
         self, expected: Digest | None = None, expected_size: int | None = None
