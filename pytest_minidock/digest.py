@@ -6,7 +6,6 @@ value; nothing deeper in the code handles raw ``"sha256:…"`` strings.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import IO
 
@@ -64,6 +63,8 @@ class Digest:
 
     def verify(self, data: bytes) -> None:
         """Raise ``DigestMismatch`` unless ``data`` hashes to this digest."""
+        import hashlib  # here, not at the top: it loads OpenSSL (~3 ms) and most users only parse
+
         h = hashlib.new(self.algorithm)
         h.update(data)
         got = h.hexdigest()
@@ -80,6 +81,8 @@ class Hasher:
         if algorithm not in _HEX_LEN:
             raise InvalidDigest(f"unsupported digest algorithm {algorithm!r}")
         self.algorithm = algorithm
+        import hashlib
+
         self._h = hashlib.new(algorithm)
         self.size = 0
 
@@ -101,6 +104,8 @@ class Hasher:
 
 def sha256_bytes(data: bytes) -> Digest:
     """The sha256 ``Digest`` of ``data``."""
+    import hashlib
+
     return Digest("sha256", hashlib.sha256(data).hexdigest())
 
 
