@@ -19,7 +19,17 @@ Run: ``.venv/bin/python -m benchmarks.bench_registry [--runs 10] [--big-runs 5] 
 - docker: a running dockerd, or with ``--with-docker`` a private one (``benchmarks.bench_runtime``),
   stopped by PID afterwards. Missing tools print "not installed" and never fail the run.
 
-Ratios are the other tool's p50 divided by ours (>1x: ours is faster).
+Ratios are the other tool's p50 divided by ours (>1x: ours is faster). Then:
+
+- what limits the big pull: our pull's MB/s next to, on the same blobs, sha256 in one thread, the
+  disk (write + fsync, as ``cp``/``dd conv=fsync``), the registry sending to ``curl -o /dev/null``
+  (the network here), and curl into files (a plain downloader): the issue asks for pulls "limited
+  by disk or network, not by our hashing";
+- the small image's whole ``minidock push/pull`` commands next to issue 7's docker and podman
+  numbers (docker push 103 ms, pull 139 ms; podman push 85 ms, pull 253 ms).
+
+The measured processes run with cached bytecode (``PYTHONPYCACHEPREFIX`` in the work directory) and
+without ``PYTHONDONTWRITEBYTECODE``; unset it in the shell too for comparable library numbers.
 """
 
 from __future__ import annotations
@@ -373,6 +383,109 @@ class Bench:
         self.record(tool.name, "pull", image, pull)
 
 
+# -- what limits a big pull ----------------------------------------------------------------------
+def pull_ceilings(
+    engine: Engine, image: str, ref: str, work: Path, *, runs: int, workers: int
+) -> dict[str, Timing]:
+    """The pieces a pull is made of, each alone on the same blobs (seconds per whole image):
+
+    - ``sha256``: hashing the blobs' bytes, already in memory, in one thread (``hashlib``);
+    - ``disk``: writing those bytes to new files on the pull roots' filesystem and fsyncing them
+      (what ``cp`` + ``sync`` or ``dd conv=fsync`` do), one thread per blob as the pull does;
+    - ``network``: the registry sending the blobs to ``curl -o /dev/null``, ``workers`` at once
+      (process start included: a few ms);
+    - ``curl→disk``: the same into files, then fsynced: a plain downloader's pull.
+    """
+    import hashlib
+    import threading
+
+    layers = engine.store.image(f"{image}:{image}").manifest().layers
+    data = [engine.store.blobs.read(d.digest, verify=False) for d in layers]
+    out: dict[str, Timing] = {}
+
+    def hash_all() -> None:
+        for blob in data:
+            hashlib.sha256(blob).digest()
+
+    out["sha256"] = measure("sha256 of the blobs (1 thread)", hash_all, runs)
+    target = work / "ceiling"
+
+    def clear() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+
+    def write_one(i: int, blob: bytes) -> None:
+        fd = os.open(target / f"blob-{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view[: 1 << 20]) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_all() -> None:
+        threads = [
+            threading.Thread(target=write_one, args=(i, blob)) for i, blob in enumerate(data)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    out["disk"] = measure("write+fsync of the blobs", write_all, runs, clear)
+    curl = shutil.which("curl")
+    if curl is not None:
+        host, _, rest = ref.partition("/")
+        repo = rest.rpartition(":")[0]
+        urls = [f"http://{host}/v2/{repo}/blobs/{d.digest}" for d in layers]
+
+        def fetch(into_files: bool) -> None:
+            procs: list[subprocess.Popen[bytes]] = []
+            pending = list(enumerate(urls))
+            while pending or procs:
+                while pending and len(procs) < workers:
+                    i, url = pending.pop(0)
+                    dest = str(target / f"curl-{i}") if into_files else "/dev/null"
+                    procs.append(subprocess.Popen([curl, "-sf", "-o", dest, url]))
+                procs.pop(0).wait()
+            if into_files:
+                for i in range(len(urls)):
+                    fd = os.open(target / f"curl-{i}", os.O_RDONLY)
+                    os.fsync(fd)
+                    os.close(fd)
+
+        out["network"] = measure(f"curl x{workers} -> /dev/null", lambda: fetch(False), runs, clear)
+        out["curl→disk"] = measure(
+            f"curl x{workers} -> files, fsync", lambda: fetch(True), runs, clear
+        )
+    shutil.rmtree(target, ignore_errors=True)
+    return out
+
+
+def print_ceilings(ours: Timing | None, ceilings: dict[str, Timing], size: int) -> None:
+    """Our big pull's MB/s next to each piece's, to see which one limits it."""
+    print(f"\n== what limits the big pull ({size / 1e6:.1f} MB of blobs; MB/s at p50)")
+
+    def rate(t: Timing | None) -> str:
+        return "-" if t is None else f"{size / t.median / 1e6:7.0f}"
+
+    print(f"{'minidock pull (library)':<34}{rate(ours)}")
+    labels = {
+        "sha256": "sha256, 1 thread (hashlib)",
+        "disk": "disk: write + fsync",
+        "network": "network: registry -> curl",
+        "curl→disk": "curl -> files + fsync",
+    }
+    for key, label in labels.items():
+        print(f"{label:<34}{rate(ceilings.get(key))}")
+    print(
+        "a pull hashes, writes and receives at once (per blob: the receiving thread hashes, the "
+        "kernel writes back in the background); it is bound by the slowest of disk and network "
+        "when it runs near their MB/s, and by our hashing only if sha256 were the lowest line."
+    )
+
+
 def load_into(tool: Other, root: Path, work: Path) -> None:
     """Load both images into docker or podman from a ``minidock save`` archive."""
     from pytest_minidock.cli import main as minidock
@@ -450,6 +563,16 @@ def main() -> None:
         for name in IMAGES:
             bench.ours_push(name)
             bench.ours_pull(name, pull_refs[name])
+        ceilings = pull_ceilings(
+            bench.engine,
+            "big",
+            pull_refs["big"],
+            work,
+            runs=max(3, args.big_runs),
+            workers=bench.engine.registry.options.download_workers,
+        )
+        for timing in ceilings.values():
+            print(timing.line())
 
         print("\n== skopeo")
         skopeo = shutil.which("skopeo")
@@ -480,6 +603,8 @@ def main() -> None:
             except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
                 print(f"docker: failed: {exc}")
         summary(bench.results, sizes)
+        print_ceilings(bench.results.get(("minidock", "pull", "big")), ceilings, sizes["big"])
+        print_targets(bench.results)
         print(f"load average at the end: {load()}")
     finally:
         if bench is not None:
@@ -534,6 +659,25 @@ def summary(results: dict[tuple[str, str, str], Timing | None], sizes: dict[str,
         "docker and podman unpack layers while pulling, so their pulls sit in the pull+unpack "
         "rows; skopeo does not unpack (pull rows). Ratios: their p50 / ours (>1x: ours faster)."
     )
+
+
+ISSUE_TARGETS = {("docker", "push"): 103, ("docker", "pull"): 139, ("podman", "push"): 85}
+ISSUE_TARGETS[("podman", "pull")] = 253
+"""Issue 7's measurements for the small image (ms, whole commands), to beat."""
+
+
+def print_targets(results: dict[tuple[str, str, str], Timing | None]) -> None:
+    """The small image's whole ``minidock push/pull`` commands next to issue 7's numbers."""
+    print("\n== issue 7's targets, small image (whole commands, ms at p50)")
+    for op in ("push", "pull"):
+        ours = results.get(("minidock CLI", op, "small"))
+        mine = "-" if ours is None else f"{ours.median * 1e3:.0f}"
+        known = ", ".join(
+            f"{tool} {ISSUE_TARGETS[(tool, op)]} (issue)"
+            + (f" / {t.median * 1e3:.0f} (here)" if (t := results.get((tool, op, "small"))) else "")
+            for tool in ("docker", "podman")
+        )
+        print(f"minidock {op} {mine:>6}   vs {known}")
 
 
 if __name__ == "__main__":

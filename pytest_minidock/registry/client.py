@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest
-from pytest_minidock.errors import InvalidDigest, RegistryAuthError
+from pytest_minidock.errors import InvalidDigest, RegistryAuthError, RegistryError
 from pytest_minidock.registry import failures
 from pytest_minidock.registry.auth import Credentials, repository_scope
 from pytest_minidock.registry.dockerconfig import DockerConfig, server_key
@@ -253,6 +253,23 @@ class Repository:
         )
         return self._location(response, location, ctx)
 
+    def upload_status(self, location: str, ctx: failures.Context) -> tuple[int, str] | None:
+        """GET an upload session: the offset it has reached and the location to continue at, or
+        None when the registry no longer knows it (or cannot say where it is)."""
+        try:
+            response = self.session.request(
+                "GET", location, ctx, scopes=self.scopes, expect=(204,), retry=False
+            )
+        except RegistryError:
+            return None
+        received = response.header("Range")
+        where = response.header("Location")
+        drain(response)
+        offset = _upload_offset(received)
+        if offset is None:
+            return None
+        return offset, urljoin(location, where) if where else location
+
     def finish_upload(
         self, location: str, digest: Digest, body: Body, ctx: failures.Context
     ) -> None:
@@ -299,6 +316,17 @@ class Repository:
             out.extend(tags or [])
             path = _next_link(link, self.session.url(path))
         return out
+
+
+def _upload_offset(header: str | None) -> int | None:
+    """The bytes an upload session holds, from its ``Range: 0-LAST`` header. distribution says
+    ``0-0`` for an empty session as well as for one byte: read as 0 (chunks are never 1 byte)."""
+    text = (header or "").strip().removeprefix("bytes=")
+    start, sep, end = text.partition("-")
+    if not sep or not start.isdigit() or not end.isdigit() or int(start) != 0:
+        return None
+    last = int(end)
+    return 0 if last == 0 else last + 1
 
 
 def _next_link(header: str | None, base: str) -> str | None:

@@ -17,8 +17,6 @@ import binascii
 import contextlib
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ from pytest_minidock.registry.auth import Credentials
 from pytest_minidock.registry.hosts import DOCKER_HUB_DOMAIN, canonical_domain
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping
 
 __all__ = [
@@ -65,6 +64,8 @@ def server_key(registry: str) -> str:
 
 
 def _run_helper(helper: str, action: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    import subprocess
+
     return subprocess.run(
         [f"docker-credential-{helper}", action],
         input=data,
@@ -72,6 +73,12 @@ def _run_helper(helper: str, action: str, data: bytes) -> subprocess.CompletedPr
         timeout=_HELPER_TIMEOUT,
         check=False,
     )
+
+
+def _subprocess_error() -> type[Exception]:
+    import subprocess
+
+    return subprocess.SubprocessError
 
 
 def _encode_auth(username: str, password: str) -> str:
@@ -196,7 +203,7 @@ class DockerConfig:
             proc = self._run(helper, "get", key.encode())
         except FileNotFoundError:
             return None  # not installed: fall back to the file (the registry will say if needed)
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, _subprocess_error()) as exc:
             raise failures.helper_failed(helper, "read", key, f"could not run: {exc}") from exc
         out = proc.stdout.decode(errors="replace").strip()
         if proc.returncode != 0:
@@ -266,7 +273,7 @@ class DockerConfig:
             proc = self._run(helper, action, data)
         except FileNotFoundError as exc:
             raise failures.helper_failed(helper, action, key, "is not installed") from exc
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, _subprocess_error()) as exc:
             raise failures.helper_failed(helper, action, key, f"could not run: {exc}") from exc
         if proc.returncode != 0:
             message = (proc.stdout or proc.stderr).decode(errors="replace").strip()
@@ -301,6 +308,8 @@ class DockerConfig:
                 st: os.stat_result | None = target.stat()
             except FileNotFoundError:
                 st = None
+            import tempfile
+
             fd, tmp = tempfile.mkstemp(prefix=target.name, dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as f:

@@ -1,18 +1,18 @@
 """The one place where registry failures become ``RegistryError`` subclasses.
 
-HTTP statuses (``status_error``), exceptions from sockets, TLS and ``http.client``
-(``connection_error``) and content that is not what was asked for (``bad_digest``, ``bad_size``,
-``bad_content``) are translated here, and only here, into errors whose messages name the registry
-and the reference and say what to do next. Whether a failure is worth retrying is decided here too
-(``retryable_status``, ``retryable_exception``).
+HTTP statuses (``status_error``), exceptions from sockets, TLS and the transport's HTTP parsing
+(``connection_error``; ``http.client``'s too, for transports built on it) and content that is not
+what was asked for (``bad_digest``, ``bad_size``, ``bad_content``) are translated here, and only
+here, into errors whose messages name the registry and the reference and say what to do next.
+Whether a failure is worth retrying is decided here too (``retryable_status``,
+``retryable_exception``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
-import ssl
+import sys
 from typing import TYPE_CHECKING
 
 from pytest_minidock._record import dataclass, replace
@@ -25,6 +25,12 @@ from pytest_minidock.errors import (
     RegistryRateLimited,
     RegistryServerError,
     RegistryUnreachable,
+)
+from pytest_minidock.registry.transport import (
+    IncompleteRead,
+    ProtocolError,
+    RemoteDisconnected,
+    network_errors,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +46,7 @@ __all__ = [
     "connection_error",
     "error_detail",
     "helper_failed",
+    "is_instance",
     "no_platform",
     "retryable_exception",
     "retryable_status",
@@ -81,6 +88,13 @@ class Context:
         return f"minidock login {self.login}".rstrip()
 
 
+def is_instance(exc: BaseException, module: str, *names: str) -> bool:
+    """Whether ``exc`` is one of the named classes of ``module``, without importing it: an
+    exception of a module that was never imported cannot have been raised."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, tuple(getattr(loaded, n) for n in names))
+
+
 def retryable_status(status: int) -> bool:
     """Statuses that may go away by themselves: 408, 425, 429 and 5xx gateway/overload errors."""
     return status in _RETRY_STATUSES
@@ -93,11 +107,11 @@ def transient(exc: RegistryError) -> bool:
 
 def retryable_exception(exc: BaseException) -> bool:
     """Connection failures worth another attempt (not certificate or name-resolution errors)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if is_instance(exc, "ssl", "SSLCertVerificationError"):
         return False
     if isinstance(exc, socket.gaierror):
         return exc.errno == socket.EAI_AGAIN
-    return isinstance(exc, OSError | http.client.HTTPException)
+    return isinstance(exc, network_errors())
 
 
 def error_detail(body: bytes, content_type: str | None = None) -> str:
@@ -210,29 +224,33 @@ def connection_error(
             f"{ctx.prefix}: cannot resolve {where} ({exc.strerror}); check the registry's name "
             "and the DNS configuration"
         )
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if is_instance(exc, "ssl", "SSLCertVerificationError"):
         return RegistryUnreachable(
             f"{ctx.prefix}: the TLS certificate of {where} is not trusted "
             f"({_reason(exc, 'verify_message')}); install its CA certificate in the system "
             f"store, or list the registry in {_INSECURE_HINT}"
         )
-    if isinstance(exc, ssl.SSLError):
+    if is_instance(exc, "ssl", "SSLError"):
         return RegistryUnreachable(
             f"{ctx.prefix}: TLS with {where} failed ({_reason(exc, 'reason')}){tries}; if it "
             f"serves plain HTTP, list it in {_INSECURE_HINT}"
         )
-    if isinstance(exc, http.client.IncompleteRead):
-        expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
+    if isinstance(exc, IncompleteRead) or is_instance(exc, "http.client", "IncompleteRead"):
+        partial: bytes = getattr(exc, "partial", b"")
+        due: int | None = getattr(exc, "expected", None)
+        expected = f" of {len(partial) + due}" if due is not None else ""
         return RegistryUnreachable(
-            f"{ctx.prefix}: the connection to {where} broke after {len(exc.partial)}{expected} "
+            f"{ctx.prefix}: the connection to {where} broke after {len(partial)}{expected} "
             f"bytes{tries}; check the network and try again"
         )
-    if isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError):
+    if isinstance(exc, RemoteDisconnected | ConnectionResetError | BrokenPipeError) or is_instance(
+        exc, "http.client", "RemoteDisconnected"
+    ):
         return RegistryUnreachable(
             f"{ctx.prefix}: {where} closed the connection{tries}; check the network and the "
             "registry's health, then try again"
         )
-    if isinstance(exc, http.client.HTTPException):
+    if isinstance(exc, ProtocolError) or is_instance(exc, "http.client", "HTTPException"):
         return RegistryBadContent(
             f"{ctx.prefix}: {where} sent a malformed HTTP response ({type(exc).__name__}: "
             f"{exc}); is it really a registry?"

@@ -5,8 +5,10 @@ any other domain by itself. Pulls try the domain's mirrors first, in order, then
 itself; pushes go to the registry only.
 
 TLS is the rule. Plain HTTP (and TLS without certificate checks) is allowed only for loopback
-hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and for registries listed as insecure; those are
-tried over HTTPS first and over HTTP when the TLS handshake fails, as docker does.
+hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and for registries listed as insecure. Insecure
+registries are tried over HTTPS first and over HTTP when the TLS handshake fails, as docker does;
+loopback ones over HTTP first (nothing leaves the machine, and no TLS library is loaded) and over
+HTTPS when the server turns out to speak TLS.
 
 Configuration, merged in this order (environment first):
 
@@ -181,6 +183,8 @@ class RegistryHosts:
         """The registry itself (what pushes, logins and the last pull attempt use)."""
         name = canonical_domain(domain)
         host = registry_host(name)
+        if is_loopback(host):
+            return Endpoint(name, host, ("http", "https"), verify_tls=False)
         if self.is_insecure(host):
             return Endpoint(name, host, ("https", "http"), verify_tls=False)
         return Endpoint(name, host)
@@ -212,6 +216,8 @@ class RegistryHosts:
         if parts.scheme == "http":
             return Endpoint(name, host, ("http",), verify_tls=False, mirror=True)
         schemes = ("https", "http") if insecure and "://" not in url else ("https",)
+        if "://" not in url and is_loopback(host):
+            schemes = ("http", "https")
         return Endpoint(name, host, schemes, verify_tls=not insecure, mirror=True)
 
 

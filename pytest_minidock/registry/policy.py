@@ -7,9 +7,7 @@ tests check the schedule without waiting.
 from __future__ import annotations
 
 import os
-import random
 import time
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from pytest_minidock._record import dataclass, field
@@ -31,6 +29,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     text = value.strip()
     if text.isdigit():
         return float(text)
+    from email.utils import parsedate_to_datetime  # rare: most registries send seconds
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -39,6 +39,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
+
+
+def _random() -> float:
+    """``random.random()``, imported on the first retry (most transfers never need one)."""
+    import random
+
+    return random.random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,7 @@ class RetryPolicy:
     max_delay: float = 10.0
     max_retry_after: float = 60.0
     jitter: float = 0.1
-    random: Callable[[], float] = field(default=random.random, compare=False, repr=False)
+    random: Callable[[], float] = field(default=_random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

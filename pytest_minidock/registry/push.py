@@ -5,14 +5,18 @@ when the repository has it. A blob that another repository of the same registry 
 (the store has an image of it under that name) is mounted from there (``POST
 …/blobs/uploads/?mount=DIGEST&from=REPO``) instead of sent again. Others are uploaded in one
 ``PUT`` when they are at most ``RegistryOptions.chunk_size`` bytes, else in ``PATCH`` chunks of that
-size with ``Content-Range``, closed by a ``PUT ?digest=``. An upload that fails for a transient
-reason (connection, 5xx, 429) starts again in a new upload session, with backoff. The manifest is
+size with ``Content-Range``, closed by a ``PUT ?digest=``. When a request of an upload fails for
+a transient reason (connection, timeout, 5xx, 429), the client waits (backoff) and asks the session
+where it is (``GET`` on its location: ``204`` with ``Range: 0-LAST``) and goes on from there; when
+the registry no longer knows the session, the blob may have arrived with only the answer lost
+(``HEAD`` says), else the upload starts again in a new session. The manifest is
 ``PUT`` last, so the tag never points at an image whose blobs are not all there, and the digest
 the registry reports must be the manifest's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from typing import TYPE_CHECKING
@@ -38,6 +42,19 @@ if TYPE_CHECKING:
 __all__ = ["PushResult", "push_image"]
 
 _MOUNT_CANDIDATES = 3
+_PROGRESS_RESETS_RETRIES = 1 << 20
+"""An attempt that sent this many bytes before failing does not count against the retries."""
+
+
+class _Sent:
+    """How far an upload session got: the bytes the registry acknowledged, and the location
+    for the next request."""
+
+    __slots__ = ("location", "offset")
+
+    def __init__(self, offset: int, location: str) -> None:
+        self.offset = offset
+        self.location = location
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,28 +135,48 @@ class _Push:
                 return
             break  # the registry started an ordinary upload instead: use it
         failed = 0
+        sent = _Sent(0, location or "")
         while True:
             if cancel.is_set():
                 raise Cancelled
+            start = sent.offset
             try:
-                location = location or self.repo.start_upload(ctx)
-                self._send(location, desc=desc, ctx=ctx, short=short, report=report, cancel=cancel)
+                sent.location = sent.location or self.repo.start_upload(ctx)
+                self._send(sent, desc=desc, ctx=ctx, short=short, report=report, cancel=cancel)
                 break
             except RegistryError as exc:
-                failed += 1
+                failed = 1 if sent.offset - start >= _PROGRESS_RESETS_RETRIES else failed + 1
                 delay = self.policy.delay(failed) if failures.transient(exc) else None
                 if delay is None:
                     raise
-                report(Progress(short, events.RETRYING, 0, desc.size, f"in {delay:.1f}s"))
+                detail = f"in {delay:.1f}s"
+                report(Progress(short, events.RETRYING, sent.offset, desc.size, detail))
                 self.client.sleep(delay)
-                location = None
+                if not sent.location:
+                    continue
+                resumed = self._resume_point(sent.location, desc, ctx)
+                if resumed is None:
+                    break  # the blob arrived: only the answer was lost
+                sent = resumed
         report(Progress(short, events.PUSHED, desc.size, desc.size))
         self._count("pushed")
         self._count("bytes", desc.size)
 
+    def _resume_point(self, location: str, desc: Descriptor, ctx: failures.Context) -> _Sent | None:
+        """After a failed upload request: where to go on. The session's offset (``GET`` on its
+        location) when the registry still knows it; None when the blob arrived after all (the
+        answer to the closing ``PUT`` was lost); else a new session from the start."""
+        status = self.repo.upload_status(location, ctx)
+        if status is not None and status[0] <= desc.size:
+            return _Sent(*status)
+        with contextlib.suppress(RegistryError):
+            if self.repo.blob_size(desc.digest, ctx.what) == desc.size:
+                return None
+        return _Sent(0, "")
+
     def _send(
         self,
-        location: str,
+        sent: _Sent,
         *,
         desc: Descriptor,
         ctx: failures.Context,
@@ -147,21 +184,23 @@ class _Push:
         report: ProgressCallback,
         cancel: threading.Event,
     ) -> None:
+        """Upload the blob from ``sent.offset`` on, in one ``PUT`` when it fits in a chunk
+        (and nothing was sent yet), else in ``PATCH`` chunks; ``sent`` follows the progress."""
         path = self.store.blobs.path(desc.digest)
         chunk = max(1, self.client.options.chunk_size)
-        report(Progress(short, events.PUSHING, 0, desc.size))
-        if desc.size <= chunk:
-            self.repo.finish_upload(location, desc.digest, FileSlice(path, 0, desc.size), ctx)
+        report(Progress(short, events.PUSHING, sent.offset, desc.size))
+        if sent.offset == 0 and desc.size <= chunk:
+            self.repo.finish_upload(sent.location, desc.digest, FileSlice(path, 0, desc.size), ctx)
             return
-        offset = 0
-        while offset < desc.size:
-            n = min(chunk, desc.size - offset)
-            location = self.repo.upload_chunk(location, FileSlice(path, offset, n), offset, ctx)
-            offset += n
-            report(Progress(short, events.PUSHING, offset, desc.size))
+        while sent.offset < desc.size:
+            n = min(chunk, desc.size - sent.offset)
+            body = FileSlice(path, sent.offset, n)
+            sent.location = self.repo.upload_chunk(sent.location, body, sent.offset, ctx)
+            sent.offset += n
+            report(Progress(short, events.PUSHING, sent.offset, desc.size))
             if cancel.is_set():
                 raise Cancelled
-        self.repo.finish_upload(location, desc.digest, None, ctx)
+        self.repo.finish_upload(sent.location, desc.digest, None, ctx)
 
     def run(self) -> PushResult:
         ref = self.ref

@@ -6,14 +6,13 @@ request's scopes, follows redirects (blob downloads are often redirected to stor
 host, and credentials are then dropped: they are never sent to a host other than the registry),
 answers one ``401`` by authenticating and retrying, retries 408/429/5xx and broken connections as
 the ``RetryPolicy`` says (honouring ``Retry-After``), and turns the final failure into a
-``RegistryError`` through ``failures``. For loopback and insecure registries it falls back from
-HTTPS to HTTP once, when the TLS handshake fails, and remembers the answer.
+``RegistryError`` through ``failures``. Loopback registries are spoken to over plain HTTP first
+(falling back to HTTPS when the server turns out to speak TLS), registries listed as insecure over
+HTTPS first (falling back to HTTP when the TLS handshake fails); the first answer pins the scheme.
 """
 
 from __future__ import annotations
 
-import http.client
-import ssl
 import sys
 import threading
 import time
@@ -24,7 +23,12 @@ from pytest_minidock import __version__
 from pytest_minidock.registry import failures
 from pytest_minidock.registry.auth import Authenticator, parse_token_response
 from pytest_minidock.registry.hosts import DOCKER_HUB_DOMAIN
-from pytest_minidock.registry.transport import drain
+from pytest_minidock.registry.transport import (
+    ProtocolError,
+    RemoteDisconnected,
+    drain,
+    network_errors,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Container, Mapping
@@ -77,6 +81,7 @@ class Session:
         self._lookup = credentials
         self._looked_up = False
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._schemes = schemes if schemes is not None else {}
         self.auth = Authenticator(None, self._fetch_token)
 
@@ -119,6 +124,10 @@ class Session:
         """
         attempts = 0
         reauthenticated = False
+        if len(self.endpoint.schemes) > 1 and self.endpoint.host not in self._schemes:
+            self._probe()
+        # only a path follows a change of scheme (absolute URLs, e.g. upload locations, stay)
+        relative = not path.startswith(("http://", "https://"))
         while True:
             url = self.url(path)
             sent = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -132,8 +141,8 @@ class Session:
             attempts += 1
             try:
                 response = self._follow(method, url, sent, body, ctx)
-            except (OSError, http.client.HTTPException) as exc:
-                if self._fall_back_to_http(url, exc):
+            except network_errors() as exc:
+                if relative and self._switch_scheme(url, exc):
                     attempts -= 1
                     continue
                 delay = (
@@ -146,6 +155,9 @@ class Session:
                         ctx, exc, attempts=attempts, timeout=self.timeout
                     ) from exc
                 self.sleep(delay)
+                continue
+            if relative and not self._settled(url, response, ctx):
+                attempts -= 1
                 continue
             if response.status in expect:
                 return response
@@ -223,20 +235,93 @@ class Session:
             ctx, f"redirected more than {MAX_REDIRECTS} times", "the registry is misconfigured"
         )
 
-    def _fall_back_to_http(self, url: str, exc: BaseException) -> bool:
-        """For a loopback or insecure registry whose TLS handshake failed: use HTTP from now."""
-        if (
-            "http" not in self.endpoint.schemes
-            or not url.startswith("https://")
-            or _origin(url) != self.endpoint.host.lower()
-            or isinstance(exc, ssl.SSLCertVerificationError)
-            or not isinstance(
-                exc, ssl.SSLError | ConnectionResetError | http.client.RemoteDisconnected
-            )
-        ):
+    def _either(self, url: str) -> bool:
+        """Whether ``url`` goes to an endpoint that may use either scheme."""
+        return len(self.endpoint.schemes) > 1 and _origin(url) == self.endpoint.host.lower()
+
+    def _probe(self) -> None:
+        """Find out which scheme an endpoint that may use either speaks, with ``GET /v2/`` as
+        docker pings: the first that gives an HTTP answer (other than a TLS server's ``400`` to
+        plain HTTP) is pinned. Failures settle nothing: the request itself then meets them, with
+        its retries and error messages."""
+        with self._probe_lock:
+            if self.endpoint.host in self._schemes:
+                return
+            for scheme in self.endpoint.schemes:
+                url = self.endpoint.url(scheme, "/v2/")
+                try:
+                    response = self.transport.request(
+                        "GET", url, {"User-Agent": USER_AGENT}, verify_tls=self._verify(url)
+                    )
+                except network_errors() as exc:
+                    if self._speaks_other(scheme, exc):
+                        continue
+                    return
+                text = drain(response, 4096)
+                if scheme == "http" and response.status == 400 and b"HTTPS" in text.upper():
+                    continue
+                self._use(scheme)
+                return
+
+    def _use(self, scheme: str) -> None:
+        self._schemes[self.endpoint.host] = scheme
+
+    def _settled(self, url: str, response: Response, ctx: failures.Context) -> bool:
+        """Pin the scheme the first answer came over. False (the response consumed): send the
+        request again, because a TLS server answered plain HTTP with its ``400`` ("an HTTP
+        request to an HTTPS server"), or because another thread has meanwhile pinned the other
+        scheme."""
+        if not self._either(url):
+            return True
+        scheme = urlsplit(url).scheme
+        pinned = self._schemes.get(self.endpoint.host)
+        if pinned is not None and pinned != scheme:
+            drain(response)
             return False
-        self._schemes[self.endpoint.host] = "http"
+        if pinned is not None:
+            return True
+        if scheme == "http" and response.status == 400 and "https" in self.endpoint.schemes:
+            text = drain(response, 4096)
+            if b"HTTPS" in text.upper():
+                self._use("https")
+                return False
+            self._use(scheme)
+            raise failures.status_error(
+                ctx,
+                400,
+                response.reason,
+                detail=failures.error_detail(text, response.header("Content-Type")),
+            )
+        self._use(scheme)
         return True
+
+    def _switch_scheme(self, url: str, exc: BaseException) -> bool:
+        """For a loopback or insecure registry whose first exchange failed in a way that says
+        it speaks the other protocol (a TLS handshake refused, a connection reset, a status line
+        that is not HTTP): use the other scheme from now on. Loopback registries are tried over
+        plain HTTP first (no ``ssl`` to load, nothing leaves the machine), others over HTTPS."""
+        if not self._either(url):
+            return False
+        scheme = urlsplit(url).scheme
+        pinned = self._schemes.get(self.endpoint.host)
+        if pinned is not None:
+            return pinned != scheme  # another thread switched meanwhile: follow it
+        if not self._speaks_other(scheme, exc):
+            return False
+        self._use(next(s for s in self.endpoint.schemes if s != scheme))
+        return True
+
+    def _speaks_other(self, scheme: str, exc: BaseException) -> bool:
+        """Whether a failure over ``scheme`` says the server speaks the other one."""
+        if scheme == "https":
+            return not failures.is_instance(exc, "ssl", "SSLCertVerificationError") and (
+                isinstance(exc, ConnectionResetError | RemoteDisconnected)
+                or failures.is_instance(exc, "ssl", "SSLError")
+                or failures.is_instance(exc, "http.client", "RemoteDisconnected")
+            )
+        return isinstance(exc, ConnectionResetError | ProtocolError) or failures.is_instance(
+            exc, "http.client", "HTTPException"
+        )
 
     # -- bearer tokens -------------------------------------------------------------------------
     def _fetch_token(
@@ -294,7 +379,7 @@ class Session:
                 response = self.transport.request(
                     method, url, headers, body, verify_tls=not self.hosts.is_insecure(parts.netloc)
                 )
-            except (OSError, http.client.HTTPException) as exc:
+            except network_errors() as exc:
                 delay = self.policy.delay(attempts) if failures.retryable_exception(exc) else None
                 if delay is None:
                     raise failures.connection_error(

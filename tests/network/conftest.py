@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.registry import basic_registry, registry, token_registry
+from tests.support.registry import basic_registry, registry, tls_registry, token_registry
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["basic_registry", "registry", "token_registry"]
+__all__ = ["basic_registry", "registry", "tls_registry", "token_registry"]
 
 _ENV = (
     "MINIDOCK_REGISTRY_MIRRORS",

@@ -217,3 +217,16 @@ def test_identity_tokens_are_exchanged_for_access_tokens(
     issuer.requests.clear()
     assert other.pull(ref).id == engine.store.resolve("busybox").id
     assert [(r.method, r.account) for r in issuer.requests] == [("POST", "alice")]
+
+
+def test_a_cross_repository_mount_asks_for_pull_rights_on_the_source(
+    engine: Engine, token_registry: tuple[RegistryServer, TokenIssuer]
+) -> None:
+    server, issuer = token_registry
+    engine.credentials = lambda registry: Credentials("alice", "wonderland")
+    engine.push(tag(engine, server.ref("team/busybox:1")))
+    issuer.requests.clear()
+    mounted = engine.push(tag(engine, server.ref("elsewhere/busybox:1")))
+    assert (mounted.pushed, mounted.mounted, mounted.existed) == (0, 2, 0)
+    scopes = {s for r in issuer.requests if r.status == 200 for s in r.scopes}
+    assert {"repository:elsewhere/busybox:pull,push", "repository:team/busybox:pull"} <= scopes

@@ -447,3 +447,75 @@ def test_a_push_that_keeps_failing_names_the_blob_and_the_reference(
     assert text.startswith("cannot push ")
     assert f" of {target}: {fake.host} failed (503" in text
     assert fake.requests("PUT", f"/v2/{REPO}/manifests/1") == []  # no tag without its blobs
+
+
+def test_a_chunked_upload_goes_on_where_the_session_says(
+    fake: FakeRegistry, busybox_store: Store
+) -> None:
+    # the second PATCH times out after the registry took it: the session's GET says two chunks
+    # are there, so the third follows them, in the same session, from the location it gives
+    chunk = 256 * 1024
+    target = Reference.parse(f"{fake.host}/{REPO}:1")
+    busybox_store.tag("busybox", target)
+    (layer,) = busybox_store.image(str(target)).manifest().layers
+    assert layer.size > 3 * chunk
+    session = f"/v2/{REPO}/blobs/uploads/u1"
+    accept_uploads(fake, REPO)
+    fake.add(
+        "PATCH",
+        session,
+        Reply(202, headers={"Location": f"{session}?s=1"}),
+        Reply(202, headers={"Location": f"{session}?s=2"}, delay=5),
+        Reply(202, headers={"Location": f"{session}?s=n"}),
+    )
+    fake.add(
+        "GET", session, Reply(204, headers={"Range": f"0-{2 * chunk - 1}", "Location": "?s=2"})
+    )
+    fake.add("PUT", f"/v2/{REPO}/manifests/1", Reply(201))
+    sleeps: list[float] = []
+    client = RegistryClient(
+        credentials=lambda registry: None,
+        hosts=RegistryHosts({}, ()),
+        options=RegistryOptions(
+            timeout=0.5, chunk_size=chunk, retry=RetryPolicy(attempts=3, backoff=0.25, jitter=0)
+        ),
+        sleep=sleeps.append,
+    )
+    result = client.push(busybox_store, target)
+    assert result.pushed == 2
+    assert len(fake.requests("POST", f"/v2/{REPO}/blobs/uploads/")) == 2  # no new session
+    patches = fake.requests("PATCH", session)
+    starts = [int(p.headers["Content-Range"].split("-")[0]) for p in patches]
+    assert starts == list(range(0, 2 * chunk, chunk)) + list(range(2 * chunk, layer.size, chunk))
+    assert patches[2].path.endswith("?s=2")
+    assert sleeps == [0.25]
+    (status,) = fake.requests("GET", session)
+    assert status.path == f"{session}?s=1"  # asked at the failed request's location
+
+
+def test_a_download_from_blob_storage_resumes_there_without_credentials(
+    fake: FakeRegistry, image: TinyImage, tmp_path: Path
+) -> None:
+    storage = FakeRegistry()
+    try:
+        path = f"/v2/{REPO}/blobs/{image.layer_digest}"
+        fake.add("GET", path, Reply(307, headers={"Location": storage.url("/b/layer?sig=1")}))
+        half = len(image.layer) // 2
+        storage.add("GET", "/b/layer", Reply(body=image.layer, send=half), Reply(body=image.layer))
+        manifest = f"/v2/{REPO}/manifests/1"
+        good = fake.routes[("GET", manifest)][0]
+        fake.add("GET", manifest, Reply(401, headers={"WWW-Authenticate": 'Basic realm="r"'}), good)
+        store = Store(tmp_path / "store")
+        creds = Credentials("alice", "wonderland")
+        pull(make_client([], credentials=creds), store, f"{fake.host}/{REPO}:1")
+        first, second = storage.requests("GET", "/b/layer")
+        assert "Range" not in first.headers
+        assert second.headers["Range"] == f"bytes={half}-"  # asked of the registry, kept
+        assert all("Authorization" not in s.headers for s in storage.seen)
+        assert [s.headers.get("Range") for s in fake.requests("GET", path)] == [
+            None,
+            f"bytes={half}-",
+        ]
+        assert store.check() == []
+    finally:
+        storage.stop()

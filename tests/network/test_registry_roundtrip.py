@@ -312,3 +312,63 @@ def test_run_pulls_a_missing_image(
     assert capfd.readouterr().err == ""  # there now: no pull
     assert main(["--root", root, "run", "--rm", "--pull", "always", ref, "true"]) == 0
     assert f"Status: Image is up to date for {ref}" in capfd.readouterr().err
+
+
+def test_pull_draws_per_layer_progress_on_a_terminal(
+    engine: Engine, registry: RegistryServer, tmp_path: Path
+) -> None:
+    import os
+    import pty
+    import sys
+
+    ref = registry.ref("tty/busybox:1")
+    push(engine, ref)
+    (layer,) = engine.store.image("busybox").manifest().layers
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest_minidock", "--root", str(tmp_path / "tty"), "pull", ref],
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        os.close(secondary)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        os.close(primary)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    text = output.decode()
+    short = layer.digest.hex[:12]
+    assert text.startswith(f"1: Pulling from {registry.host}/tty/busybox")
+    assert f"{short}: Pulling fs layer" in text
+    assert "\x1b[1A\r\x1b[2K" in text  # the layer's line is redrawn in place
+    assert f"{short}: Pull complete" in text
+    assert f"Status: Downloaded newer image for {ref}" in text
+
+
+def test_a_cli_pull_from_a_loopback_registry_loads_no_tls(
+    engine: Engine, registry: RegistryServer, tmp_path: Path
+) -> None:
+    import sys
+
+    ref = registry.ref("light/busybox:1")
+    push(engine, ref)
+    code = (
+        "import sys\n"
+        "from pytest_minidock.cli import main\n"
+        f"assert main(['--root', {str(tmp_path / 'light')!r}, 'pull', '-q', {ref!r}]) == 0\n"
+        "print(sorted(m for m in ('ssl', 'http.client', 'email.parser', 'concurrent.futures')\n"
+        "             if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [ref, "[]"]

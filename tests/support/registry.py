@@ -11,6 +11,7 @@ Fixtures (function scope; each starts its own registry in ``tmp_path`` and stops
   with password ``wonderland``.
 - ``token_registry``: token auth through a ``TokenIssuer`` (``tests.support.token_issuer``);
   yields ``(server, issuer)``.
+- ``tls_registry``: open, over HTTPS only, with a self-signed certificate for 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ class RegistryServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes] = field(repr=False)
+    tls: bool = False
+    """Serving HTTPS (a self-signed certificate) instead of plain HTTP."""
 
     def url(self, path: str = "/v2/") -> str:
-        return f"http://{self.host}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}{path}"
 
     def ref(self, repository: str) -> str:
         """``127.0.0.1:PORT/REPOSITORY`` (add ``:tag`` or ``@digest`` as needed)."""
@@ -79,11 +82,18 @@ class RegistryServer:
 
 def _wait_until_up(server: RegistryServer) -> bool:
     deadline = time.monotonic() + START_TIMEOUT
+    context = None
+    if server.tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(server.url(), timeout=1):
+            with urllib.request.urlopen(server.url(), timeout=1, context=context):
                 return True
         except urllib.error.HTTPError:
             return True  # 401: up, and asking for credentials
@@ -92,10 +102,30 @@ def _wait_until_up(server: RegistryServer) -> bool:
     return False
 
 
-def start_registry(workdir: Path, *, auth: dict[str, Any] | None = None) -> RegistryServer:
-    """Start a registry storing under ``workdir``; raise if it does not come up."""
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A certificate and key for ``127.0.0.1`` and ``localhost``, made with ``openssl``."""
+    tool = require_tool("openssl")
+    cert, key = workdir / "registry.crt", workdir / "registry.key"
+    subprocess.run(
+        [
+            *(tool, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def start_registry(
+    workdir: Path, *, auth: dict[str, Any] | None = None, tls: bool = False
+) -> RegistryServer:
+    """Start a registry storing under ``workdir``; raise if it does not come up. With ``tls``
+    it serves HTTPS only, with a self-signed certificate (``self_signed``)."""
     binary = require_tool(REGISTRY)
     workdir.mkdir(parents=True, exist_ok=True)
+    certificate = self_signed(workdir) if tls else None
     for _attempt in range(5):
         port = free_port()
         config: dict[str, Any] = {
@@ -109,6 +139,11 @@ def start_registry(workdir: Path, *, auth: dict[str, Any] | None = None) -> Regi
         }
         if auth:
             config["auth"] = auth
+        if certificate is not None:
+            config["http"]["tls"] = {
+                "certificate": str(certificate[0]),
+                "key": str(certificate[1]),
+            }
         config_path = workdir / "config.yml"
         config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         log_path = workdir / "registry.log"
@@ -119,7 +154,7 @@ def start_registry(workdir: Path, *, auth: dict[str, Any] | None = None) -> Regi
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        server = RegistryServer(f"127.0.0.1:{port}", workdir, process, log_path, log)
+        server = RegistryServer(f"127.0.0.1:{port}", workdir, process, log_path, log, tls=tls)
         if _wait_until_up(server):
             return server
         text = server.logs()
@@ -201,3 +236,16 @@ def token_registry(tmp_path: Path) -> Iterator[tuple[RegistryServer, TokenIssuer
             server.stop()
     finally:
         issuer.stop()
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """An open registry serving HTTPS only (a self-signed certificate made with ``openssl``).
+
+    Name: ``tls_registry`` · Scope: function · Depends: ``tmp_path``.
+    """
+    server = start_registry(tmp_path / "tls-registry", tls=True)
+    try:
+        yield server
+    finally:
+        server.stop()

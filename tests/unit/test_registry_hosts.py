@@ -102,7 +102,7 @@ def test_plain_http_only_for_loopback_and_insecure(tmp_path: Path) -> None:
     env = no_file(tmp_path) | {ENV_INSECURE: "myreg:5000, 10.1.0.0/16 other.example"}
     hosts = RegistryHosts.load(env)
     assert hosts.endpoint("ghcr.io") == Endpoint("ghcr.io", "ghcr.io", ("https",), True)
-    assert hosts.endpoint("127.0.0.1:5000").schemes == ("https", "http")
+    assert hosts.endpoint("127.0.0.1:5000").schemes == ("http", "https")  # loopback: HTTP first
     assert not hosts.endpoint("127.0.0.1:5000").verify_tls
     assert hosts.endpoint("myreg:5000").schemes == ("https", "http")
     assert hosts.endpoint("myreg:5001").schemes == ("https",)  # another port is not listed

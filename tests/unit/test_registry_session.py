@@ -15,6 +15,7 @@ import pytest
 from pytest_minidock.errors import (
     RegistryAuthError,
     RegistryBadContent,
+    RegistryError,
     RegistryRateLimited,
     RegistryServerError,
     RegistryUnreachable,
@@ -24,6 +25,7 @@ from pytest_minidock.registry.auth import Credentials
 from pytest_minidock.registry.hosts import RegistryHosts
 from pytest_minidock.registry.policy import RetryPolicy
 from pytest_minidock.registry.session import USER_AGENT, Session
+from pytest_minidock.registry.transport import ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -289,19 +291,100 @@ def test_redirects_to_plain_http_are_refused() -> None:
         session.request("GET", "/v2/app/blobs/sha256:x", CTX)
 
 
-def test_loopback_registries_fall_back_to_http_once() -> None:
+MANIFEST = "/v2/app/manifests/1"
+
+
+def test_loopback_registries_speak_plain_http_first() -> None:
+    script: list[Step] = [FakeResponse(401), FakeResponse(200), FakeResponse(200)]
+    session, transport, sleeps, _ = make_session(script, host="127.0.0.1:5000")
+    session.request("GET", MANIFEST, CTX)
+    session.request("GET", MANIFEST, CTX)
+    assert [c.url for c in transport.calls] == [
+        "http://127.0.0.1:5000/v2/",  # the ping, once: any HTTP answer settles the scheme
+        f"http://127.0.0.1:5000{MANIFEST}",
+        f"http://127.0.0.1:5000{MANIFEST}",
+    ]
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        FakeResponse(400, b"Client sent an HTTP request to an HTTPS server.\n"),  # Go's answer
+        FakeResponse(400, b"The plain HTTP request was sent to HTTPS port"),  # nginx's
+        ProtocolError("not an HTTP/1.x status line: b'\\x15\\x03\\x01\\x00\\x02\\x02'"),
+        ConnectionResetError(104, "reset"),
+    ],
+)
+def test_a_loopback_registry_speaking_tls_is_then_asked_over_https(
+    first: FakeResponse | BaseException,
+) -> None:
+    script: list[Step] = [first, FakeResponse(401), FakeResponse(200), FakeResponse(200)]
+    session, transport, sleeps, _ = make_session(script, host="localhost:5000")
+    session.request("GET", MANIFEST, CTX)
+    session.request("GET", MANIFEST, CTX)
+    assert [c.url for c in transport.calls] == [
+        "http://localhost:5000/v2/",
+        "https://localhost:5000/v2/",
+        f"https://localhost:5000{MANIFEST}",
+        f"https://localhost:5000{MANIFEST}",
+    ]
+    assert not transport.calls[1].verify_tls  # loopback: TLS without verification
+    assert sleeps == []
+
+
+def test_a_plain_400_from_a_loopback_registry_is_its_answer() -> None:
     script: list[Step] = [
-        ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
         FakeResponse(200),
+        FakeResponse(400, b'{"errors":[{"code":"NAME_INVALID"}]}'),
+    ]
+    session, transport, _, _ = make_session(script, host="127.0.0.1:5000")
+    with pytest.raises(RegistryError, match="NAME_INVALID"):
+        session.request("GET", MANIFEST, CTX)
+    assert len(transport.calls) == 2
+
+
+def test_a_failed_ping_settles_nothing_and_the_request_meets_the_failure() -> None:
+    refused = ConnectionRefusedError(111, "refused")
+    script: list[Step] = [refused, refused, refused, refused]
+    session, transport, sleeps, _ = make_session(script, host="127.0.0.1:5000")
+    with pytest.raises(RegistryUnreachable, match="refused"):
+        session.request("GET", MANIFEST, CTX)
+    assert [c.url.split("/v2/")[0] for c in transport.calls] == ["http://127.0.0.1:5000"] * 4
+    assert sleeps == [0.5, 1.0]
+
+
+def test_the_first_answer_pins_the_scheme() -> None:
+    script: list[Step] = [
+        FakeResponse(200),
+        FakeResponse(200),
+        ConnectionResetError(104, "reset"),
         FakeResponse(200),
     ]
     session, transport, sleeps, _ = make_session(script, host="127.0.0.1:5000")
-    session.request("GET", "/v2/", CTX)
-    session.request("GET", "/v2/", CTX)
+    session.request("GET", MANIFEST, CTX)
+    session.request("GET", MANIFEST, CTX)  # a reset later is retried, not a reason to switch
+    assert all(c.url.startswith("http://") for c in transport.calls)
+    assert sleeps == [0.5]
+
+
+def test_insecure_registries_fall_back_to_http_once() -> None:
+    script: list[Step] = [
+        ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+        FakeResponse(401),
+        FakeResponse(200),
+        FakeResponse(200),
+    ]
+    session, transport, sleeps, _ = make_session(
+        script, host="build.example:5000", insecure=("build.example:5000",)
+    )
+    session.request("GET", MANIFEST, CTX)
+    session.request("GET", MANIFEST, CTX)
     assert [c.url for c in transport.calls] == [
-        "https://127.0.0.1:5000/v2/",
-        "http://127.0.0.1:5000/v2/",
-        "http://127.0.0.1:5000/v2/",
+        "https://build.example:5000/v2/",
+        "http://build.example:5000/v2/",
+        f"http://build.example:5000{MANIFEST}",
+        f"http://build.example:5000{MANIFEST}",
     ]
     assert not transport.calls[0].verify_tls  # insecure: TLS without verification first
     assert sleeps == []
@@ -316,9 +399,25 @@ def test_remote_registries_never_fall_back_to_http() -> None:
 
 
 def test_insecure_listed_registries_fall_back_too() -> None:
-    script: list[Step] = [ConnectionResetError(104, "reset"), FakeResponse(200)]
+    script: list[Step] = [ConnectionResetError(104, "reset"), FakeResponse(200), FakeResponse(200)]
     session, transport, _, _ = make_session(
         script, host="build.example:5000", insecure=("build.example:5000",)
     )
-    session.request("GET", "/v2/", CTX)
-    assert transport.calls[1].url == "http://build.example:5000/v2/"
+    session.request("GET", MANIFEST, CTX)
+    assert transport.calls[2].url == f"http://build.example:5000{MANIFEST}"
+
+
+def test_an_absolute_url_is_sent_as_it_is_whatever_the_pinned_scheme() -> None:
+    script: list[Step] = [
+        FakeResponse(400, b"Client sent an HTTP request to an HTTPS server."),
+        FakeResponse(200),
+        FakeResponse(202),
+        ConnectionResetError(104, "reset"),
+        FakeResponse(202),
+    ]
+    session, transport, sleeps, _ = make_session(script, host="localhost:5000")
+    upload = "http://localhost:5000/v2/app/blobs/uploads/u1"
+    assert session.request("GET", upload, CTX, expect=(202,)).status == 202
+    assert session.request("GET", upload, CTX, expect=(202,)).status == 202
+    assert [c.url for c in transport.calls][2:] == [upload] * 3  # no loop, no rewriting
+    assert sleeps == [0.5]  # the reset was retried as any other
