@@ -106,7 +106,8 @@ class Engine:
     goes here): a callable from a registry name (``docker.io``, ``127.0.0.1:5000``) to
     ``Credentials`` or None."""
     registry_transport: Transport | None = None
-    """The HTTP seam for registries (default: ``http.client`` with keep-alive pooling)."""
+    """The HTTP seam for registries (default: ``registry.transport``'s HTTP/1.1 with keep-alive
+    pooling)."""
     registry_options: RegistryOptions | None = None
     """Timeouts, retries, parallelism (default: ``RegistryOptions.from_env()``)."""
     registry_hosts: RegistryHosts | None = None
@@ -372,8 +373,7 @@ class Engine:
         author: str = "",
     ) -> Any:
         """``docker commit``: the container's changes become a new layer on its image."""
-        from dataclasses import replace as dc_replace
-
+        from pytest_minidock._record import replace as dc_replace
         from pytest_minidock.image.changes import apply_changes
         from pytest_minidock.image.model import History
         from pytest_minidock.reference import Reference
@@ -582,8 +582,9 @@ class _BuildStepRunner:
     def run(
         self, request: RunRequest, layer_out: Path, output: Callable[[bytes], None]
     ) -> RunOutcome:
-        from dataclasses import replace
+        import threading
 
+        from pytest_minidock._record import replace
         from pytest_minidock.build.runner import RunOutcome
         from pytest_minidock.errors import MinidockError
         from pytest_minidock.runtime.container import Stdio
@@ -631,12 +632,19 @@ class _BuildStepRunner:
         try:
             with self._lock:
                 record = runtime.create(spec, lowerdirs, cid=cid)
+                # An engine without a launcher (the CLI) forks RUN containers itself, but not
+                # while stages build in threads: forking a multi-threaded process is best left
+                # alone, so those starts go through a launcher (starts are serialised here).
+                saved = runtime.launcher
+                if self.engine._launcher is False and threading.active_count() > 1:
+                    runtime.launcher = True
                 try:
                     runtime.start(record.id, stdio=Stdio(stdout=write_fd, stderr=write_fd))
                 except MinidockError as exc:
                     output(f"{exc}\n".encode())
                     return RunOutcome(int(getattr(exc, "exit_code", 125)))
                 finally:
+                    runtime.launcher = saved
                     os.close(write_fd)
                     write_fd = -1
             with _OutputPump(read_fd, output):

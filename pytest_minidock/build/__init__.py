@@ -14,5 +14,8 @@ Each module usable alone, none importing the runtime:
   over the runtime); ``mounts``: ``RUN --mount`` resolved to host paths for it.
 * ``steps``: each kind of step's inputs and execution; ``progress``: build events and
   BuildKit-style printers; ``request``: ``BuildRequest`` and ``BuildResult``.
-* ``builder``: ``Builder.build`` ties them together (stages in threads, cache, export).
+* ``builder``: ``Builder.build`` ties them together (stages in threads, cache, export), and
+  says what its result rests on (``BuildResult.inputs``);
+* ``memo``: from that, build memos that let ``minidock build`` answer a rebuild nothing changed
+  for without importing any of the above.
 """

@@ -25,7 +25,9 @@ A fully cached rebuild writes nothing: when the tags already name the identical 
 the index is left alone. The whole build holds the shared side of the store's GC lock, so a
 concurrent ``prune`` cannot collect a cached layer between its lookup and the final commit.
 Progress goes to a callback as ``BuildEvent`` values; errors are ``BuildError`` (or
-``DockerfileError``) naming ``FILE:LINE``.
+``DockerfileError``) naming ``FILE:LINE``. The result says what it rests on
+(``BuildResult.inputs``: the signature of every context path looked at, the names resolved, the
+cache entries and blobs used) for ``build.memo``.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ from pytest_minidock.build.config import (
     apply_instruction,
     created_by,
 )
-from pytest_minidock.build.context import BuildContext, located
-from pytest_minidock.build.mounts import RunMounts
+from pytest_minidock.build.context import BuildContext, _fs_clock_ns, located
 from pytest_minidock.build.plan import StepDefinition, base_key, canonical_instruction, step_key
 from pytest_minidock.build.request import (
+    BuildInputs,
     BuildRequest,
     BuildResult,
     ImageResolver,
@@ -82,6 +84,8 @@ from pytest_minidock.image.model import Descriptor, History, ImageConfig
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from pytest_minidock.build.memo import Signature
+    from pytest_minidock.build.mounts import RunMounts
     from pytest_minidock.build.progress import ProgressCallback
     from pytest_minidock.build.runner import StepRunner
     from pytest_minidock.image.model import ContainerConfig
@@ -158,6 +162,9 @@ class Builder:
             keep.update(record.diff_ids)
         report = self.cache.prune(everything=everything, keep=keep)
         self._stat_caches.clear()
+        from pytest_minidock.build.memo import forget
+
+        forget(str(self.store.root))  # they would miss now anyway: their entries are gone
         freed = self.store.gc()
         return CachePruneReport(report.entries, report.mounts, report.reclaimed + freed)
 
@@ -186,9 +193,14 @@ class _Build:
         self.slots = threading.BoundedSemaphore(builder.jobs)
         self.temps: list[Path] = []
         self._context: BuildContext | None = None
-        self.mounts = RunMounts(
-            self.store, self.cache, request.secrets, self.temp, lambda: self.context
-        )
+        self._mounts: RunMounts | None = None
+        self.started_ns = _fs_clock_ns()
+        self.seen: dict[str, Signature | None] = {}
+        self.followed: dict[str, Signature | None] = {}
+        self.names: dict[str, str] = {}
+        """Image names the build resolved, and the manifest digest each named (for the memo)."""
+        """The context paths the build looked at (``BuildInputs.paths``)."""
+        self.memoizable = request.dockerfile_text is None and not request.pull
         context = Path(request.context)
         dockerfile = request.dockerfile or context / "Dockerfile"
         self.dockerfile_path = dockerfile
@@ -197,6 +209,7 @@ class _Build:
                 request.dockerfile_text, str(request.dockerfile or "Dockerfile")
             )
         else:
+            self._saw(dockerfile)
             self.dockerfile = read_dockerfile(dockerfile)
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -215,12 +228,47 @@ class _Build:
                 if stat_cache is None:
                     stat_cache = self.cache.stat_cache(resolved)
                     self.builder._stat_caches[resolved] = stat_cache
+                dockerfile = (
+                    None if self.request.dockerfile_text is not None else self.dockerfile_path
+                )
+                if dockerfile is not None:  # the ignore files it may read, or their absence
+                    self._saw(f"{dockerfile}.dockerignore")
+                self._saw(resolved / ".dockerignore")
                 self._context = BuildContext(
-                    resolved,
-                    None if self.request.dockerfile_text is not None else self.dockerfile_path,
-                    stat_cache=stat_cache,
+                    resolved, dockerfile, stat_cache=stat_cache, seen=self.seen
                 )
             return self._context
+
+    def _saw(self, path: Path | str) -> None:
+        """Note the signature (or absence) of the file at ``path``, following symlinks, among
+        what the build's result rests on."""
+        from pytest_minidock.build.memo import signature
+
+        path = os.path.abspath(path)
+        try:
+            self.followed[path] = signature(os.stat(path))
+        except OSError:
+            self.followed[path] = None
+
+    def volatile(self) -> None:
+        """The build read something no file signature covers (a download): no memo."""
+        self.memoizable = False
+
+    @property
+    def mounts(self) -> RunMounts:
+        if self._mounts is None:
+            from pytest_minidock.build.mounts import RunMounts
+
+            with self.lock:
+                if self._mounts is None:
+                    self._mounts = RunMounts(
+                        self.store,
+                        self.cache,
+                        self.request.secrets,
+                        self.temp,
+                        lambda: self.context,
+                    )
+        return self._mounts
 
     def temp(self, prefix: str, *, directory: bool = True) -> Path:
         path = self.store.blobs.temp_path(prefix)
@@ -356,6 +404,22 @@ class _Build:
         self, ref: str, location: Location, what: str, platform: str | None = None
     ) -> ImageRecord:
         """An image by reference: the store's, or pulled when the policy says so."""
+        record = self._find_image(ref, location, what, platform)
+        from pytest_minidock.errors import InvalidReference
+        from pytest_minidock.reference import Reference
+
+        try:  # a name (not an ID, nor a digest): noted for the memo, as its image now
+            name = Reference.parse(ref).with_default_tag()
+        except InvalidReference:
+            name = None
+        if name is not None and name.digest is None:
+            with self.lock:
+                self.names[str(name)] = str(record.manifest.digest)
+        return record
+
+    def _find_image(
+        self, ref: str, location: Location, what: str, platform: str | None
+    ) -> ImageRecord:
         policy = "always" if self.request.pull else "missing"
         if self.builder.resolve_image is not None:
             try:
@@ -632,7 +696,23 @@ class _Build:
         self.event("info", number, "exporting to image", text, time.monotonic() - started)
         with self.lock:
             steps = tuple(sorted(self.reports, key=lambda r: r.number))
-        return BuildResult(record, steps, warnings)
+        inputs = None
+        if self.memoizable:
+            blobs = self.store.blobs
+            inputs = BuildInputs(
+                started_ns=self.started_ns,
+                paths=dict(self.seen),
+                followed=dict(self.followed),
+                required=(
+                    *(str(self.cache.entry_path(s.key)) for s in steps),
+                    str(blobs.path(record.manifest.digest)),
+                    str(blobs.path(record.id)),
+                    *(str(blobs.path(layer.descriptor.digest)) for layer in result.layers),
+                ),
+                index=str(self.store.paths.index),
+                names=dict(self.names),
+            )
+        return BuildResult(record, steps, warnings, inputs)
 
     def _commit(self, result: _StageResult, tags: Sequence[Reference]) -> ImageRecord:
         if not result.changed and result.base_id is not None:
@@ -664,13 +744,12 @@ class _Build:
             config=Descriptor(mt.OCI_CONFIG, Digest.from_bytes(raw), len(raw)),
             layers=tuple(layers),
         )
-        digest = Digest.from_bytes(manifest.to_json())
-        for record in self.store.images():
-            if record.manifest.digest == digest:
-                names = {n.with_default_tag() for n in record.names}
-                if all(t.with_default_tag() in names for t in tags):
-                    return record
-                return None
+        record = self.store.find(manifest=Digest.from_bytes(manifest.to_json()))
+        if record is None:
+            return None
+        names = {n.with_default_tag() for n in record.names}
+        if all(t.with_default_tag() in names for t in tags):
+            return record
         return None
 
 

@@ -3,9 +3,11 @@
 Layout (``ROOT/buildcache/``):
 
 * ``entries/<key hex>.json``: what a step produced -- its layer (blob digest, diff_id, size,
-  media type) or none, and its history entry. Written to a temp file, fsynced and renamed, and
-  only after the layer is in the store, so a builder killed at any moment leaves either a
-  complete entry or none: never one that points at nothing.
+  media type) or none, and its history entry. Written to a temp file and renamed, and only
+  after the layer is in the store, so a builder killed at any moment leaves either a complete
+  entry or none: never one that points at nothing. Not fsynced (one fsync per step was a good
+  part of a cold build): after a power loss an entry may be missing or torn, and a torn entry
+  reads as a miss, like an entry whose layer is gone -- the step runs again.
 * ``locks/<key hex>.lock``: single flight. A builder that misses takes the key's ``filelock``,
   looks again (another process may have just finished the step), and only then runs it; a
   second process building the same step at the same time waits on the lock and reuses the
@@ -129,28 +131,27 @@ class BuildCache:
         except OSError as exc:
             raise BuildError(f"cannot use {self.dir} for the build cache: {exc.strerror}") from exc
 
-    def _entry_path(self, key: Digest) -> Path:
+    def entry_path(self, key: Digest) -> Path:
+        """Where the entry of ``key`` is (whether or not it exists)."""
         return self.entries_dir / f"{key.hex}.json"
 
     # -- entries ------------------------------------------------------------------------------
     def get(self, key: Digest) -> CacheEntry | None:
         """The entry for ``key``, or ``None``."""
         try:
-            data = self._entry_path(key).read_bytes()
+            data = self.entry_path(key).read_bytes()
         except OSError:
             return None
         entry = CacheEntry.from_json(data)
         return entry if entry is not None and entry.key == key else None
 
     def put(self, entry: CacheEntry) -> None:
-        """Record ``entry`` atomically (temp file, fsync, rename)."""
-        final = self._entry_path(entry.key)
+        """Record ``entry`` atomically for other processes (temp file, rename; see above)."""
+        final = self.entry_path(entry.key)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(entry):x}.tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(entry.to_json())
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -159,7 +160,7 @@ class BuildCache:
 
     def drop(self, key: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._entry_path(key).unlink()
+            self.entry_path(key).unlink()
 
     def __iter__(self) -> Iterator[CacheEntry]:
         for path in sorted(self.entries_dir.glob("*.json")):

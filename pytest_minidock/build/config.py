@@ -55,7 +55,7 @@ __all__ = [
 DEFAULT_SHELL = ("/bin/sh", "-c")
 """The shell of shell-form commands unless ``SHELL`` says otherwise."""
 
-_PORT_RE = re.compile(r"(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?")
+_PORT = r"(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?"  # compiled on first use
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 
@@ -97,7 +97,7 @@ def expose_ports(ports: tuple[str, ...]) -> tuple[str, ...]:
     """
     out: list[str] = []
     for word in ports:
-        match = _PORT_RE.fullmatch(word)
+        match = re.fullmatch(_PORT, word)
         if match is None:
             raise ValueError(f"invalid port {word!r} for EXPOSE: use PORT[/PROTOCOL] like 80/tcp")
         low = int(match.group(1))

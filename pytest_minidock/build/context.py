@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pytest_minidock._record import dataclass, field
 from pytest_minidock.build.ignore import PatternMatcher, go_clean, load_ignore
+from pytest_minidock.build.memo import Signature, signature
 from pytest_minidock.errors import BuildError, StoreError
 
 if TYPE_CHECKING:
@@ -308,7 +309,11 @@ class BuildContext:
         *,
         stat_cache: StatCache | None = None,
         matcher: PatternMatcher | None = None,
+        seen: dict[str, Signature | None] | None = None,
     ) -> None:
+        """``seen``: filled with the ``lstat`` signature of every path looked at (for
+        ``build.memo``)."""
+        self.seen = seen
         path = Path(root)
         try:
             self.root = path.resolve(strict=True)
@@ -344,9 +349,13 @@ class BuildContext:
             try:
                 st = os.lstat(self.root / candidate)
             except (FileNotFoundError, NotADirectoryError):
+                if self.seen is not None:
+                    self.seen[str(self.root / candidate)] = None
                 return None
             except OSError as exc:
                 raise BuildError(f"cannot stat {self.root / candidate}: {exc.strerror}") from exc
+            if self.seen is not None:
+                self.seen[str(self.root / candidate)] = signature(st)
             if self.excluded(candidate):
                 return None
             if stat.S_ISLNK(st.st_mode) and (todo or follow):
@@ -378,6 +387,11 @@ class BuildContext:
                 if real is None:
                     continue
                 where = self.root / real if real else self.root
+                if self.seen is not None:  # its listing: entries added or removed change it
+                    try:
+                        self.seen[str(where)] = signature(os.lstat(where))
+                    except OSError:
+                        self.seen[str(where)] = None
                 try:
                     with os.scandir(where) as it:
                         names = sorted(e.name for e in it)
@@ -443,6 +457,8 @@ class BuildContext:
             st = os.lstat(host)
         except OSError as exc:
             raise BuildError(f"cannot stat {host}: {exc.strerror}") from exc
+        if self.seen is not None:
+            self.seen[str(host)] = signature(st)
         name = match.rpartition("/")[2]
         if stat.S_ISDIR(st.st_mode):
             root = self._entry("", real, host, st)
@@ -523,6 +539,8 @@ class BuildContext:
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 raise BuildError(f"cannot stat {child.path}: {exc.strerror}") from exc
+            if self.seen is not None:
+                self.seen[child.path] = signature(st)
             if stat.S_ISSOCK(st.st_mode):
                 continue
             results: tuple[bool, ...] | None = None

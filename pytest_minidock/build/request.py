@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from pytest_minidock.build.memo import Signature
     from pytest_minidock.digest import Digest
     from pytest_minidock.reference import Reference
     from pytest_minidock.store.store import ImageRecord
 
 __all__ = [
+    "BuildInputs",
     "BuildRequest",
     "BuildResult",
     "ImageResolver",
@@ -99,12 +101,33 @@ class StepReport:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildInputs:
+    """What a build's result rests on, for ``build.memo``: the signature of every context path
+    it looked at (None: absent), the file clock when it started, the cache entries and blobs
+    that must still exist, and the store index whose names it resolved and wrote."""
+
+    started_ns: int
+    paths: Mapping[str, Signature | None]
+    """``lstat`` signatures of the context paths it looked at."""
+    followed: Mapping[str, Signature | None]
+    """``stat`` signatures of the files it read through any symlink (Dockerfile, ignore files)."""
+    required: tuple[str, ...]
+    index: str
+    names: Mapping[str, str]
+    """The image names it resolved (base and ``--from`` images), each with the manifest digest
+    it named."""
+
+
+@dataclass(frozen=True, slots=True)
 class BuildResult:
     """The image a build made and how each step went."""
 
     record: ImageRecord
     steps: tuple[StepReport, ...]
     warnings: tuple[str, ...] = ()
+    inputs: BuildInputs | None = None
+    """None when the build read something no file signature covers (``ADD`` of a URL), or
+    pulled, or had its Dockerfile as text."""
 
     @property
     def id(self) -> Digest:

@@ -27,8 +27,6 @@ from pytest_minidock._record import dataclass
 from pytest_minidock.build.cache import LayerRef
 from pytest_minidock.build.config import DEFAULT_SHELL, join_workdir
 from pytest_minidock.build.context import fetch_url, located
-from pytest_minidock.build.rootfs import LayerView
-from pytest_minidock.build.runner import RunMount, RunRequest
 from pytest_minidock.dockerfile.flags import BindMount, CacheMount, SshMount
 from pytest_minidock.dockerfile.instructions import Add, Copy, ExecForm, Run, Workdir
 from pytest_minidock.errors import BuildError, BuildStepFailed
@@ -43,7 +41,8 @@ if TYPE_CHECKING:
     from pytest_minidock.build.mounts import RunMounts
     from pytest_minidock.build.plan import Pairs
     from pytest_minidock.build.request import BuildRequest
-    from pytest_minidock.build.runner import StepRunner
+    from pytest_minidock.build.rootfs import LayerView
+    from pytest_minidock.build.runner import RunMount, StepRunner
     from pytest_minidock.digest import Digest
     from pytest_minidock.dockerfile.instructions import Instruction, Location
     from pytest_minidock.image.model import ImageConfig
@@ -60,7 +59,11 @@ class BuildServices(Protocol):
     store: Store
     runner: StepRunner
     request: BuildRequest
-    mounts: RunMounts
+
+    @property
+    def mounts(self) -> RunMounts:
+        """``RUN --mount`` resolution (made on first use)."""
+        ...
 
     @property
     def context(self) -> BuildContext:
@@ -85,6 +88,10 @@ class BuildServices(Protocol):
         """The index of the stage the instruction at ``location`` belongs to."""
         ...
 
+    def volatile(self) -> None:
+        """The build read something no file signature covers (a download)."""
+        ...
+
 
 @dataclass
 class State:
@@ -99,6 +106,8 @@ class State:
     def layer_view(self, store: Store) -> LayerView:
         """A merged view of its layers (made once per layer list)."""
         if self.view is None:
+            from pytest_minidock.build.rootfs import LayerView
+
             self.view = LayerView(
                 [store.snapshot(layer.diff_id, layer.descriptor) for layer in self.layers]
             )
@@ -179,17 +188,6 @@ def write_layer(build: BuildServices, tree: LayerTree, what: str) -> LayerRef:
 
 # -- COPY and ADD -------------------------------------------------------------------------
 def _prepare_copy(build: BuildServices, inst: Copy | Add, state: State) -> Prepared:
-    from pytest_minidock.build.files import (
-        CopyItem,
-        LayerTree,
-        TarEntry,
-        context_items,
-        copy_into,
-        image_items,
-        parse_chmod,
-        resolve_owner,
-    )
-
     keyword = inst.keyword
     location = inst.location
     from_ = inst.from_ if isinstance(inst, Copy) else None
@@ -232,6 +230,7 @@ def _prepare_copy(build: BuildServices, inst: Copy | Add, state: State) -> Prepa
         inputs.append((f"heredoc:{content.path}", _sha(content.data)))
     downloads = []
     for url in urls:
+        build.volatile()
         out = build.temp("buildurl", directory=False)
         download = fetch_url(url, out, location, checksum=checksum)
         downloads.append(download)
@@ -240,6 +239,18 @@ def _prepare_copy(build: BuildServices, inst: Copy | Add, state: State) -> Prepa
     prepared.content = f"multi:{_sha(*(f'{k}={d}' for k, d in inputs))}"
 
     def execute(st: State, number: int, name: str) -> LayerRef | None:
+        from pytest_minidock.build.files import (
+            CopyItem,
+            LayerTree,
+            TarEntry,
+            context_items,
+            copy_into,
+            image_items,
+            parse_chmod,
+            resolve_owner,
+        )
+        from pytest_minidock.build.rootfs import LayerView
+
         view = None if inst.link else st.layer_view(build.store)
         items: list[CopyItem] = []
         if stage_layers is not None:
@@ -337,6 +348,8 @@ def _run(
     number: int,
     name: str,
 ) -> LayerRef:
+    from pytest_minidock.build.runner import RunMount, RunRequest
+
     config = state.config.config
     location = inst.location
     env = [f"{k}={v}" for k, v in step.run_env]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
+
+    from pytest_minidock.build.request import BuildResult
 
 __all__ = ["add_build_commands"]
 
@@ -31,7 +32,11 @@ def _build_args(items: list[str]) -> dict[str, str]:
 
 def _secrets(items: list[str]) -> dict[str, Any]:
     """``--secret id=ID[,src=FILE|,env=VAR]`` (``type=file|env`` accepted, as buildx does)."""
-    from pytest_minidock.build.builder import SecretSource
+    if not items:
+        return {}
+    from pathlib import Path
+
+    from pytest_minidock.build.request import SecretSource
     from pytest_minidock.errors import UsageError
 
     out: dict[str, Any] = {}
@@ -63,7 +68,6 @@ def _secrets(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pytest_minidock.api import Engine
     from pytest_minidock.errors import UsageError
 
     if args.context == "-":
@@ -77,9 +81,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         dockerfile = "Dockerfile"
     elif dockerfile is not None:  # -f is relative to here; the library's is to the context
         dockerfile = os.path.relpath(os.path.abspath(dockerfile), os.path.abspath(args.context))
-    # The runtime's launcher forks the RUN containers from a single-threaded helper: stages build
-    # in threads here, and forking a multi-threaded process is best left alone.
-    engine = Engine(args.root)
+    build_args = _build_args(args.build_arg)
+    secrets = _secrets(args.secret)  # checked even when the memo answers
+    root, memo_key = _memo_key(args, dockerfile, build_args, text)
+    if memo_key is not None and _answer_from_memo(args, root, memo_key):
+        return 0
+
+    from pytest_minidock.api import Engine
+
+    # One short-lived process: RUN containers are forked from it directly, as ``run`` does, when
+    # it has no other thread; while stages build in threads, the step runner goes through the
+    # runtime's launcher (forking a multi-threaded process is best left alone).
+    engine = Engine(root, launcher=False)
     progress = None
     if not args.quiet:
         from pytest_minidock.build.progress import printer
@@ -89,19 +102,106 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.context,
         dockerfile=dockerfile,
         tags=args.tag,
-        buildargs=_build_args(args.build_arg),
+        buildargs=build_args,
         target=args.target,
         no_cache=args.no_cache,
         pull=args.pull,
         network=args.network,
         progress=progress,
-        secrets=_secrets(args.secret),
+        secrets=secrets,
         platform=args.platform,
         dockerfile_text=text,
     )
+    if memo_key is not None and result.inputs is not None:
+        _write_memo(root, memo_key, result, args.tag)
     if args.quiet:
         print(result.id)
     return 0
+
+
+# -- build memos: a rebuild nothing changed for, answered before importing the builder --------
+def _memo_key(
+    args: argparse.Namespace, dockerfile: str | None, build_args: dict[str, str], text: str | None
+) -> tuple[str, str | None]:
+    """The store root, and the memo key of this build (None: never answered from a memo)."""
+    if args.root:
+        root = os.path.abspath(args.root)
+    else:
+        from pytest_minidock.store.paths import default_root
+
+        root = os.path.abspath(default_root())
+    if (
+        text is not None
+        or args.no_cache
+        or args.pull
+        or os.environ.get("MINIDOCK_BUILD_MEMO") == "0"
+    ):
+        return root, None
+    from pytest_minidock import __version__
+    from pytest_minidock.build.memo import memo_key
+
+    return root, memo_key(
+        version=__version__,
+        context=os.path.realpath(args.context),
+        dockerfile=dockerfile or "Dockerfile",
+        tags=list(args.tag),
+        build_args=build_args,
+        target=args.target,
+        network=args.network,
+        platform=args.platform,
+        secrets=sorted(args.secret),
+        source_date_epoch=os.environ.get("SOURCE_DATE_EPOCH"),
+    )
+
+
+def _answer_from_memo(args: argparse.Namespace, root: str, key: str) -> bool:
+    """Print what the build would (every step cached) if its memo still holds."""
+    from pytest_minidock.build.memo import check
+
+    memo = check(root, key)
+    if memo is None:
+        return False
+    if not args.quiet:
+        from pytest_minidock.build.progress import BuildEvent, printer
+
+        progress = printer(args.progress, sys.stderr)
+        for kind, number, name, text in memo["events"]:
+            progress(BuildEvent(kind, number, name, text))
+    else:
+        print(memo["image"])
+    return True
+
+
+def _write_memo(root: str, key: str, result: BuildResult, tags: list[str]) -> None:
+    from pytest_minidock.build.memo import write
+    from pytest_minidock.reference import Reference
+
+    inputs = result.inputs
+    assert inputs is not None
+    events: list[tuple[str, int, str, str]] = [
+        ("info", n, "[warning]", w) for n, w in enumerate(result.warnings, 1)
+    ]
+    events += [("cached", s.number, s.name, "") for s in result.steps]
+    last = max((e[1] for e in events), default=0)
+    exported = f"writing image {result.id}"
+    named = [str(Reference.parse(t).with_default_tag()) for t in tags]
+    if any(name in inputs.names for name in named):
+        return  # it reads a name it writes: the next build starts from this image
+    if named:
+        exported += "; naming to " + ", ".join(named)
+    events.append(("info", last + 1, "exporting to image", exported))
+    write(
+        root,
+        key,
+        image=str(result.id),
+        index=inputs.index,
+        paths=inputs.paths,
+        followed=inputs.followed,
+        required=inputs.required,
+        started_ns=inputs.started_ns,
+        names={**inputs.names, **dict.fromkeys(named, str(result.record.manifest.digest))},
+        events=events,
+    )
 
 
 def cmd_builder_prune(args: argparse.Namespace) -> int:

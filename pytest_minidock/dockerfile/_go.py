@@ -139,7 +139,7 @@ _UNIT_NS = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
+_DURATION_PART = r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)"  # compiled on first use
 _MAX_DURATION = (1 << 63) - 1
 
 
@@ -160,7 +160,7 @@ def parse_go_duration(text: str) -> int | None:
         return None
     total = 0
     while rest:
-        match = _DURATION_PART.match(rest)
+        match = re.match(_DURATION_PART, rest)
         if match is None:  # pragma: no cover - the pattern matches any prefix
             return None
         whole, frac, unit = match.group(1), match.group(2), match.group(3)

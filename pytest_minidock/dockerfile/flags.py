@@ -14,7 +14,6 @@ with the variables in scope.
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 import re
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -51,6 +50,8 @@ SECURITY_MODES = ("sandbox", "insecure")
 
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    import difflib
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -98,6 +99,8 @@ def _unknown_flag(keyword: str, name: str, accepted: Mapping[str, FlagKind]) -> 
         return f"unknown flag --{name}: {keyword} takes no flags"
     names = sorted(accepted)
     listed = ", ".join(f"--{n}" for n in names)
+    import difflib
+
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f" (did you mean --{close[0]}?)" if close else ""
     return f"unknown flag --{name} for {keyword}{hint}; {keyword} accepts {listed}"
@@ -192,13 +195,13 @@ _MOUNT_KEYS = [
     "gid",
     "env",
 ]
-_RAM_RE = re.compile(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
+_RAM = r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?"
 _RAM_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def parse_ram_bytes(text: str) -> int | None:
     """docker's ``units.RAMInBytes``: ``64m`` -> 67108864 (binary units); ``None`` if invalid."""
-    match = _RAM_RE.fullmatch(text)
+    match = re.fullmatch(_RAM, text)
     if match is None:
         return None
     try:

@@ -98,9 +98,10 @@ INSTRUCTION_NAMES = (
 MINIMUM_DURATION_NS = 1_000_000
 """HEALTHCHECK durations other than 0 must be at least 1ms (docker's ``MinimumDuration``)."""
 
-_STAGE_NAME_RE = re.compile(r"[a-z][a-z0-9-_.]*")
-_ONBUILD_PREFIX_RE = re.compile(r"^[\t\n\f\r ]*onbuild[\t\n\f\r ]*", re.IGNORECASE)
-_INT32_RE = re.compile(r"[+-]?[0-9]+")
+# Patterns compiled on first use (by ``re``'s cache), not at import.
+_STAGE_NAME = r"[a-z][a-z0-9-_.]*"
+_ONBUILD_PREFIX = r"^[\t\n\f\r ]*onbuild[\t\n\f\r ]*"
+_INT32 = r"[+-]?[0-9]+"
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ def _healthcheck(node: Node, location: Location) -> Healthcheck:
     retries = 0
     retries_text = _str(values, "retries")
     if retries_text:
-        if _INT32_RE.fullmatch(retries_text) is None or not (-(2**31) <= int(retries_text) < 2**31):
+        if re.fullmatch(_INT32, retries_text) is None or not -(2**31) <= int(retries_text) < 2**31:
             raise DockerfileSyntaxError(
                 f"invalid --retries {retries_text!r}: use a whole number, like 3"
             )
@@ -583,7 +584,7 @@ def _from(node: Node, location: Location) -> From:
     name: str | None = None
     if len(args) == 3 and args[1].lower() == "as":
         name = go_lower(args[2])
-        if _STAGE_NAME_RE.fullmatch(name) is None:
+        if re.fullmatch(_STAGE_NAME, name) is None:
             raise DockerfileSyntaxError(
                 f"invalid name for build stage: {args[2]!r}; a name starts with a letter and "
                 "has only letters, digits, '-', '_' and '.'"
@@ -608,7 +609,7 @@ def _onbuild(node: Node, location: Location) -> Onbuild:
         raise DockerfileSyntaxError("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
     if trigger in ("FROM", "MAINTAINER"):
         raise DockerfileSyntaxError(f"{trigger} isn't allowed as an ONBUILD trigger")
-    expression = _ONBUILD_PREFIX_RE.sub("", node.original, count=1)
+    expression = re.sub(_ONBUILD_PREFIX, "", node.original, count=1, flags=re.IGNORECASE)
     for heredoc in node.heredocs:
         expression += "\n" + heredoc.content + heredoc.name
     nested = Node(

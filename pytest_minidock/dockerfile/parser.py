@@ -81,10 +81,11 @@ HEREDOC_INSTRUCTIONS = frozenset({"run", "copy", "add"})
 """Instructions whose shell form may name heredocs (also when wrapped in ONBUILD)."""
 
 _DIRECTIVE_NAMES = frozenset({"syntax", "escape", "check"})
-_DIRECTIVE_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*")
 _WHITESPACE_RE = re.compile(r"[\t\v\f\r ]+")
-_HEREDOC_RE = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)")
-_LEADING_TABS_RE = re.compile(r"^\t+", re.MULTILINE)
+# Patterns of rarer lines, compiled on first use (by ``re``'s cache), not at import.
+_DIRECTIVE = r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*"
+_HEREDOC = r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)"
+_LEADING_TABS = r"^\t+"
 _SPACE_BYTES = frozenset(b"\t\n\v\f\r \x85\xa0")  # Go's unicode.IsSpace(rune(b)) for a byte
 _NOT_STRINGS = (
     "when using JSON array syntax, arrays must be comprised of strings only: "
@@ -212,7 +213,7 @@ def dump(nodes: Iterable[Node]) -> str:
 
 def chomp_heredoc(content: str) -> str:
     """Remove leading tabs from every line (what ``<<-`` does to the content)."""
-    return _LEADING_TABS_RE.sub("", content)
+    return re.sub(_LEADING_TABS, "", content, flags=re.MULTILINE)
 
 
 _HEREDOC_WORD = Lexer(skip_unset_env=True)
@@ -226,7 +227,7 @@ def parse_heredoc(word: str) -> Heredoc | None:
     Content is empty: it is read from the lines after the instruction. Raises
     ``DockerfileSyntaxError`` for a terminator with unbalanced quotes.
     """
-    match = _HEREDOC_RE.fullmatch(word)
+    match = re.fullmatch(_HEREDOC, word)
     if match is None or not match.group(3):
         return None
     rest = match.group(3)
@@ -597,7 +598,7 @@ class _Parser:
         if not token.startswith("#"):
             self.directives_done = True
             return False
-        match = _DIRECTIVE_RE.fullmatch(go_trim_left_space(token[1:]))
+        match = re.fullmatch(_DIRECTIVE, go_trim_left_space(token[1:]))
         name = match.group(1).lower() if match else ""
         if match is None or name not in _DIRECTIVE_NAMES:
             self.directives_done = True

@@ -18,7 +18,6 @@ import struct
 import threading
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Final, cast
 
 from pytest_minidock._record import dataclass
@@ -27,7 +26,7 @@ from pytest_minidock.errors import DigestMismatch, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
     from pathlib import Path
 
 __all__ = [
@@ -145,11 +144,11 @@ class GzipPipeline:
         self._gz = Hasher()
         self._tail = b""
         self._pending: deque[Future[bytes]] = deque()
-        self._pool = (
-            ThreadPoolExecutor(self._workers, thread_name_prefix="minidock-deflate")
-            if self._workers > 0
-            else None
-        )
+        self._pool: ThreadPoolExecutor | None = None
+        """Started by the second chunk: a one-chunk layer (most of a build's) is deflated here,
+        with no thread (nor the ``concurrent.futures`` import)."""
+        self._held: tuple[bytes, bytes] | None = None
+        """The first chunk and its priming tail, until a second one comes or the stream ends."""
         xfl = b"\x04" if level == 1 else b"\x02" if level == 9 else b"\x00"
         # magic, CM=deflate, no flags, MTIME=0, XFL, OS=unknown: no name, no time.
         self._write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + xfl + b"\xff")
@@ -176,15 +175,31 @@ class GzipPipeline:
     def feed(self, chunk: bytes) -> None:
         self._raw.update(chunk)
         self._crc = zlib.crc32(chunk, self._crc)
-        if self._pool is None:
+        if self._workers <= 0:
             self._write(deflate_chunk(chunk, self._tail, self._level))
+        elif self._pool is None and self._held is None:
+            self._held = (chunk, self._tail)
         else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(
+                    self._workers, thread_name_prefix="minidock-deflate"
+                )
+                assert self._held is not None
+                held, tail = self._held
+                self._held = None
+                self._pending.append(self._pool.submit(deflate_chunk, held, tail, self._level))
             self._pending.append(self._pool.submit(deflate_chunk, chunk, self._tail, self._level))
             while len(self._pending) > 2 * self._workers:
                 self._write(self._pending.popleft().result())
         self._tail = chunk[-_WINDOW:]
 
     def finish(self) -> LayerBlob:
+        if self._held is not None:
+            held, tail = self._held
+            self._held = None
+            self._write(deflate_chunk(held, tail, self._level))
         while self._pending:
             self._write(self._pending.popleft().result())
         trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._raw.size & 0xFFFFFFFF)

@@ -1,4 +1,4 @@
-"""Inter-process locks of the store: exclusive ``filelock`` locks and a shared/exclusive GC lock.
+"""Inter-process locks of the store: exclusive locks and a shared/exclusive GC lock.
 
 Every lock is an advisory ``flock`` on a file under ``ROOT/locks``: it is released by the kernel
 when its holder dies, even by SIGKILL, so a crashed process never leaves the store locked.
@@ -24,39 +24,36 @@ __all__ = ["exclusive", "gc_exclusive", "gc_shared"]
 DEFAULT_TIMEOUT = 300.0
 
 
-@contextmanager
-def exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> Iterator[None]:
-    """Hold the exclusive ``filelock`` at ``path`` (created on demand) for the ``with`` body."""
-    from filelock import FileLock, Timeout  # imported on first use: it costs ~30 ms
+def exclusive(
+    path: Path, *, timeout: float = DEFAULT_TIMEOUT, what: str = ""
+) -> AbstractContextManager[None]:
+    """Hold the exclusive lock at ``path`` (created on demand) for the ``with`` body.
 
-    lock = FileLock(str(path), timeout=timeout, is_singleton=False)
-    try:
-        lock.acquire()
-    except Timeout as exc:
-        raise StoreError(
-            f"timed out after {timeout:.0f}s waiting for the lock {path}"
-            f"{' (' + what + ')' if what else ''}; another minidock process holds it"
-        ) from exc
-    try:
-        yield
-    finally:
-        lock.release()
+    The same ``flock`` the ``filelock`` package takes on Linux (so the two interoperate), without
+    its import (~90 ms on a cold process). ``timeout`` in seconds; negative: wait for ever; 0: try
+    once."""
+    return _flock(path, fcntl.LOCK_EX, timeout, what)
 
 
 @contextmanager
 def _flock(path: Path, mode: int, timeout: float, what: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        deadline = time.monotonic() + timeout
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:  # its directory too is created on demand
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = None if timeout < 0 else time.monotonic() + timeout
         delay = 0.001
         while True:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     raise StoreError(
-                        f"timed out after {timeout:.0f}s waiting for the lock {path} ({what})"
+                        f"timed out after {timeout:.0f}s waiting for the lock {path}"
+                        f"{' (' + what + ')' if what else ''}; another minidock process holds it"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)

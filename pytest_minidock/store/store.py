@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import queue
-import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
@@ -60,6 +57,8 @@ _CHUNK = 1 << 20
 
 def now_rfc3339() -> str:
     """The creation time docker writes: ``SOURCE_DATE_EPOCH`` if set, else now (UTC)."""
+    from datetime import UTC, datetime  # only writers of images need it
+
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     ts = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if not epoch else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -178,6 +177,9 @@ class Store:
         self.index = idx.ImageIndex(self.paths)
         self._policy = policy
         self._images_cache: tuple[tuple[int, ...], tuple[ImageRecord, ...]] | None = None
+        self._index_cache: (
+            tuple[tuple[int, ...], list[Descriptor], list[Reference | None]] | None
+        ) = None
         self._json_blobs: dict[Digest, bytes] = {}
         self._parsed: dict[tuple[Digest, str], Any] = {}
         self._ensure_layout()
@@ -240,6 +242,61 @@ class Store:
             self._images_cache = (key, tuple(records))
         return records
 
+    def _index_entries(self) -> tuple[list[Descriptor], list[Reference | None]]:
+        """The index's entries and their names, parsed once per state of ``index.json``."""
+        try:
+            st = self.paths.index.stat()
+            key: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        cached = self._index_cache
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        entries = self.index.read()
+        names = [idx.entry_name(e) for e in entries]
+        if key is not None:
+            self._index_cache = (key, entries, names)
+        return entries, names
+
+    def _images_cached(self) -> bool:
+        """Whether ``images()`` would answer from memory (``index.json`` is unchanged)."""
+        if self._images_cache is None:
+            return False
+        try:
+            st = self.paths.index.stat()
+        except FileNotFoundError:
+            return False
+        return self._images_cache[0] == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def find(
+        self, *, name: Reference | None = None, manifest: Digest | None = None
+    ) -> ImageRecord | None:
+        """The image named ``name`` (with its tag) and/or with the manifest digest ``manifest``,
+        or None: read from the index and that image's own blobs only, where ``images()`` reads
+        every image's (what a short-lived process looking up one image wants)."""
+        if self._images_cached():
+            for r in self.images():
+                if (manifest is None or r.manifest.digest == manifest) and (
+                    name is None or name in r.names
+                ):
+                    return r
+            return None
+        with gc_shared(self.paths.gc_lock):
+            entries, names = self._index_entries()
+            hit = next(
+                (
+                    e
+                    for e, n in zip(entries, names, strict=True)
+                    if (manifest is None or e.digest == manifest) and (name is None or n == name)
+                ),
+                None,
+            )
+            if hit is None:
+                return None
+            with contextlib.suppress(MinidockError):
+                return self._record([e for e in entries if e.digest == hit.digest])
+        return None
+
     def read_json_blob(self, digest: Digest) -> bytes:
         """A small JSON blob (manifest, config), cached: blobs never change once written."""
         data = self._json_blobs.get(digest)
@@ -291,10 +348,9 @@ class Store:
 
     def resolve(self, text: str) -> ImageRecord:
         """Find an image by name (default tag ``latest``), ``name@digest``, or ID (prefix)."""
-        records = self.images()
         full_id = text.removeprefix("sha256:")
         if len(full_id) == 64 and is_image_id_prefix(full_id):
-            for r in records:
+            for r in self.images():
                 if full_id in (r.id.hex, r.manifest.digest.hex):
                     return r
             raise ImageNotFound(f"no such image: {text}")
@@ -303,6 +359,11 @@ class Store:
             ref = Reference.parse(text).with_default_tag()
         except InvalidReference:
             ref = None
+        if ref is not None and ref.digest is None:  # by name: no need to read every image
+            found = self.find(name=ref)
+            if found is not None:
+                return found
+        records = self.images()
         if ref is not None:
             for r in records:
                 if ref.digest is not None:
@@ -517,6 +578,9 @@ class Store:
             return blob
         tmp_snap = self.blobs.temp_path("snapshot")
         (tmp_snap / "fs").mkdir(parents=True)
+        import queue  # with threading: only imports of layers need them
+        import threading
+
         q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         reader = QueueReader(q)
         result: list[LayerBlob] = []

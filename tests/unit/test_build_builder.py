@@ -495,7 +495,11 @@ def test_add_unpacks_local_archives_and_downloads_urls(
     result = build(store, ctx, dockerfile, runner)
     assert layer_files(store, result, 1)["opt/pkg/file.txt"] == ("hello", 0o644, 7)
     assert layer_files(store, result, 2)["usr/bin/tool.sh"] == ("#!/bin/sh\necho v1\n", 0o600, 0)
+    assert result.inputs is None  # a download: nothing a build memo could check
     assert all(s.cached for s in build(store, ctx, dockerfile, runner).steps)
+    local = build(store, ctx, "FROM base:1\nADD bundle.tgz /opt/\n", runner)
+    assert local.inputs is not None
+    assert str(ctx / "bundle.tgz") in local.inputs.paths
     (www / "tool.sh").write_text("#!/bin/sh\necho v2\n")
     changed = build(store, ctx, dockerfile, runner)
     assert [s.cached for s in changed.steps] == [True, False]

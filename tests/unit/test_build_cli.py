@@ -57,6 +57,7 @@ def test_secrets_from_files_and_the_environment(
 
 class _Result:
     id = Digest.from_bytes(b"image")
+    inputs = None  # nothing to write a memo from
 
 
 def test_build_passes_every_flag_to_the_engine(
