@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_name(arguments))
     args = parser.parse_args(arguments)
+    if getattr(args, "root", None):
+        # absolute: containers and RUN steps resolve paths after chdir and in other namespaces
+        args.root = os.path.abspath(args.root)
     from pytest_minidock.errors import MinidockError
 
     try:

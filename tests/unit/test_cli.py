@@ -141,3 +141,24 @@ def test_python_dash_m_and_the_console_script(tmp_path: Path) -> None:
         )
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+
+
+def test_a_relative_root_is_made_absolute_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers and RUN steps resolve the root after a chdir: the CLI hands on an absolute one."""
+    from pytest_minidock.cli import images
+
+    seen: list[str] = []
+    original = images.cmd_images
+
+    def spy(args: object) -> int:
+        seen.append(args.root)  # type: ignore[attr-defined]
+        return original(args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "cmd_images", spy)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--root", "rel", "images"]) == 0
+    capsys.readouterr()
+    assert seen == [str(tmp_path / "rel")]
+    assert (tmp_path / "rel" / "oci-layout").is_file()
