@@ -100,6 +100,12 @@ class Launcher:
         with self._lock:
             self._drop()
 
+    def warm(self) -> None:
+        """Start the launcher process now if there is none, without waiting for it: an owner
+        that will start containers soon overlaps the launcher's start-up with its own work."""
+        with self._lock:
+            self._ensure()
+
     def _at_exit(self) -> None:
         """The owner exits: let the launcher go (it would die with us anyway) and collect it."""
         if self._owner == os.getpid():
