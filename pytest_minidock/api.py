@@ -517,9 +517,10 @@ class Engine:
         ``result.record`` is it in the store, ``result.id`` its ID, ``result.steps`` says which
         steps came from the cache.
 
-        ``network``: of ``RUN`` steps (default ``none``); ``secrets``: ``id -> file`` for
-        ``RUN --mount=type=secret``; ``progress``: called with each ``BuildEvent``
-        (``build.progress.PlainProgress(sys.stderr)`` prints like ``--progress=plain``). Raises
+        ``network``: of ``RUN`` steps (default ``default``, the bridge, as docker's);
+        ``secrets``: ``id -> file`` for ``RUN --mount=type=secret``; ``progress``: called with
+        each ``BuildEvent`` (``build.progress.PlainProgress(sys.stderr)`` prints like
+        ``--progress=plain``). Raises
         ``DockerfileError`` or ``BuildError`` (``BuildStepFailed`` for a failing ``RUN``), naming
         ``FILE:LINE``.
         """
@@ -535,7 +536,7 @@ class Engine:
             target=target,
             no_cache=no_cache,
             pull=pull,
-            network=network or "none",
+            network=network or "default",
             secrets={
                 k: v if isinstance(v, SecretSource) else SecretSource(path=Path(v))
                 for k, v in given.items()

@@ -77,8 +77,9 @@ class BuildRequest:
     target: str | None = None
     no_cache: bool = False
     pull: bool = False
-    network: str = "none"
-    """The network of ``RUN`` steps without ``--network`` (``none``, ``host`` or a name)."""
+    network: str = "default"
+    """The network of ``RUN`` steps without ``--network`` (docker's: ``default``, the bridge that
+    gives them outbound access; or ``none``, ``host``, a network name)."""
     secrets: Mapping[str, SecretSource] = field(default_factory=dict)
     platform: str | None = None
     """The target platform (default: this machine's)."""

@@ -232,7 +232,10 @@ def add_build_commands(sub: Any) -> None:
     p.add_argument("--target", help="build this stage (by name or index) and what it needs")
     p.add_argument("--no-cache", action="store_true", help="run every step, use no cache")
     p.add_argument("--pull", action="store_true", help="pull base images even when present")
-    p.add_argument("--network", help="network of RUN steps: none (default), host or a name")
+    p.add_argument(
+        "--network",
+        help="network of RUN steps: default (the bridge, as docker), none, host or a name",
+    )
     p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE")

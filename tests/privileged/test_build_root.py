@@ -352,3 +352,22 @@ def test_minidock_build_through_the_cli(engine: Engine, ctx: Path) -> None:
     again = _cli(engine.root, "build", "--progress", "plain", "-t", "x", ".", cwd=ctx)
     assert again.returncode == 0, again.stderr
     assert "CACHED" not in again.stderr  # pruned: everything ran again
+
+
+@pytest.mark.netns
+def test_run_steps_are_on_the_default_bridge_unless_told_otherwise(
+    engine: Engine, ctx: Path
+) -> None:
+    """As docker's: RUN steps get the default bridge (outbound access for apt-get and pip);
+    ``--network none`` leaves them only their loopback."""
+    seen = {}
+    for network in (None, "none"):
+        write(
+            ctx, {"Dockerfile": f"FROM busybox\nRUN echo {network} && cat /proc/net/dev > /nets\n"}
+        )
+        result = engine.build(ctx, tags=[f"nets:{network}"], network=network)
+        code, out = run(engine, str(result.id), "cat", "/nets")
+        assert code == 0
+        seen[network] = {line.split(":")[0].strip() for line in out.splitlines() if ":" in line}
+    assert seen[None] == {"lo", "eth0"}
+    assert seen["none"] == {"lo"}
