@@ -234,7 +234,7 @@ def test_a_dockerfile_builds_an_image_with_dockers_config_and_history(
     assert first.argv == ("/bin/sh", "-c", "echo built > /srv/app/built && echo done")
     assert second.argv == ("/bin/sh", "-ec", "echo shelled")
     assert first.env == ("BUILD_ID=7",)
-    assert (first.workdir, first.user, first.network) == ("/srv/app", "", "none")
+    assert (first.workdir, first.user, first.network) == ("/srv/app", "", "default")
     assert len(first.layers) == 5
     assert all(p.is_dir() for p in first.layers)
 
@@ -590,7 +590,7 @@ def test_shebang_heredocs_run_as_scripts_and_network_follows_the_flags(
     assert script.mounts[0].readonly
     assert (script.network, host.network, default.network) == ("host", "host", "host")
     build(store, ctx, "FROM base:1\nRUN --network=host echo on\nRUN echo default\n", runner)
-    assert [r.network for r in runner.requests[-2:]] == ["host", "none"]  # none by default
+    assert [r.network for r in runner.requests[-2:]] == ["host", "default"]  # the bridge, as docker
 
 
 def test_plain_progress_reads_like_buildkit(store: Store, ctx: Path) -> None:
