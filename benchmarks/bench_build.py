@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks._roots import remove_work
 from benchmarks._stats import Timing, measure
 from benchmarks.bench_runtime import (
     CHILD_ENV,
@@ -360,7 +361,7 @@ def main() -> None:
         if private is not None:
             private.stop()
         umount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,15 @@ Run (as root): ``.venv/bin/python -m benchmarks.bench_ports [--runs 30] [--mb 10
    alternating pairs of ``--mb`` MiB transfers, the medians, and the median of the pairs' ratios
    published / direct (target ≥ 0.5);
 2. latency percentiles: ``attach`` (lease, veth pair, address, route, /etc/hosts), ``reserve`` +
-   ``publish`` of one port (bind + one ``nft`` run that only adds map elements), ``detach`` of a
-   live container (veth deletion waits for the kernel's RCU grace period) and, end to end,
-   attach + publish + the first HTTP response of a busybox ``httpd`` already running in the netns;
-3. the one-off cost of importing pyroute2 in a fresh process (paid by the first network operation
-   of a process; ``--network none``/``host`` never pay it).
+   ``publish`` of one port (bind + one nf_tables batch that only adds map elements), ``detach``
+   of a live container (returns once the kernel has unlisted the veth; its RCU grace period is
+   waited for by a daemon thread), ``lease`` (address, /etc/hosts, forwarded port: what the
+   runtime does while PID 1 is being made) and ``connect`` (the veth pair, once PID 1 has its
+   netns), and, end to end, attach + publish, and lease + connect, to the first HTTP response of
+   a busybox ``httpd`` already running in the netns;
+3. the one-off cost of importing ``runtime.network`` (no pyroute2: the hot paths encode their
+   netlink messages by hand) and of importing pyroute2 (paid by making a network or cleaning up)
+   in a fresh process.
 
 Every process the benchmark starts is killed by its PID; the network and its rules are removed.
 """
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING
 from benchmarks._stats import Timing, measure
 
 if TYPE_CHECKING:
-    from pytest_minidock.runtime.network import Networks
+    from pytest_minidock.runtime.network import Lease, Networks
 
 WARMUPS = 3
 SETTLE = 0.1  # seconds between samples (untimed), see ``finish``
@@ -234,9 +238,34 @@ def bench_latency(nets: Networks, children: Children, runs: int, www: Path) -> l
         finish()
         new_holder(["busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
 
+    leases: list[Lease] = []
+
+    def lease() -> None:
+        reserved = ports.reserve(ports.parse_publish("0:80"))
+        held.append(reserved)
+        leases.append(nets.lease("bench", cid(), name=f"c{state['n']}", mappings=reserved.mappings))
+
+    def connect() -> None:
+        nets.connect(leases[-1], state["pid"])
+
+    def setup_leased() -> None:
+        setup_sleep()
+        lease()
+
+    def setup_leased_httpd() -> None:
+        setup_httpd()
+        lease()
+
     def first_response() -> None:
         attach()
         publish()
+        answer()
+
+    def first_response_leased() -> None:
+        connect()
+        answer()
+
+    def answer() -> None:
         url = f"http://127.0.0.1:{held[-1].mappings[0].host_port}/"
         while True:
             try:
@@ -252,7 +281,10 @@ def bench_latency(nets: Networks, children: Children, runs: int, www: Path) -> l
             ("attach", attach, setup_sleep),
             ("reserve + publish one port", publish, setup_attached),
             ("detach (live netns)", detach, setup_attached),
+            ("lease (one port)", lease, setup_sleep),
+            ("connect", connect, setup_leased),
             ("attach + publish → first HTTP 200", first_response, setup_httpd),
+            ("(leased) connect → first HTTP 200", first_response_leased, setup_leased_httpd),
         ):
             measure(name, fn, WARMUPS, setup)
             timings.append(measure(name, fn, runs, setup))
@@ -261,8 +293,8 @@ def bench_latency(nets: Networks, children: Children, runs: int, www: Path) -> l
     return timings
 
 
-def pyroute2_import_ms() -> float:
-    code = "import time; t = time.perf_counter(); import pyroute2; print(time.perf_counter() - t)"
+def import_ms(module: str) -> float:
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     samples = []
     for _ in range(5):
         out = subprocess.run(
@@ -280,7 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_ports needs root (network namespaces, bridges, nftables)")
-    for tool in ("unshare", "nft", "busybox"):
+    for tool in ("unshare", "busybox"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_ports needs {tool} on PATH")
 
@@ -304,7 +336,8 @@ def main() -> None:
         for t in bench_latency(nets, children, args.runs, www):
             print(t.line())
         print("\n== 3. one-off")
-        print(f"import pyroute2 in a fresh process: {pyroute2_import_ms():.0f} ms (median of 5)")
+        for module in ("pytest_minidock.runtime.network", "pyroute2"):
+            print(f"import {module} in a fresh process: {import_ms(module):.0f} ms (median of 5)")
     finally:
         children.stop()
         nets.destroy()

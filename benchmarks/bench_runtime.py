@@ -1,7 +1,7 @@
 """Container start-up and memory: the library, the ``minidock`` CLI, docker and podman side by side.
 
 Run (as root): ``.venv/bin/python -m benchmarks.bench_runtime [--runs 50] [--containers 20]
-[--with-docker]``. Measures, in one run:
+[--with-docker] [--only lib|cli]``. Measures, in one run:
 
 1. ``/bin/true`` through the library in-process (``Engine.run`` → ``wait`` → ``remove``), with the
    container's own network namespace (``none``/default: loopback only) and with ``host``;
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from benchmarks._roots import remove_work
 from benchmarks._stats import Timing, measure
 
 if TYPE_CHECKING:
@@ -599,10 +600,68 @@ def guarded(what: str, fn: Callable[[], T]) -> T | None:
         return None
 
 
+def run_cli(root: Path, runs: int, work: Path) -> list[Timing]:
+    """Section 2: whole processes (Python alone, the CLI's import, ``minidock run``)."""
+    section("2. whole processes (bytecode cached in a private PYTHONPYCACHEPREFIX)")
+    CHILD_ENV.update(os.environ)
+    CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+    CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    py = sys.executable
+    minidock = str(Path(py).parent / "minidock")
+    md = [minidock, "--root", str(root)]
+    # The same CLI without site (no editable-install finder, whose import runs at every
+    # start of this venv's Python): what a wheel install would cost, about.
+    import site
+
+    import pytest_minidock
+
+    paths = [str(Path(pytest_minidock.__file__).parent.parent), *site.getsitepackages()]
+    no_site = [
+        py,
+        "-S",
+        "-c",
+        f"import sys; sys.path[:0] = {paths!r}; from pytest_minidock.cli import main; "
+        "sys.exit(main())",
+        "--root",
+        str(root),
+    ]
+    cli = [
+        bench_process("python -c pass", [py, "-c", "pass"], runs),
+        bench_process("python -S -c pass (no site)", [py, "-S", "-c", "pass"], runs),
+        bench_process(
+            "python -c 'import …minidock.cli'",
+            [py, "-c", "import pytest_minidock.cli"],
+            runs,
+        ),
+        bench_process("minidock --version", [minidock, "--version"], runs),
+        bench_process(
+            "minidock run --rm busybox true", [*md, "run", "--rm", "busybox", "true"], runs
+        ),
+        bench_process(
+            "minidock run --rm --network none",
+            [*md, "run", "--rm", "--network", "none", "busybox", "true"],
+            runs,
+        ),
+        bench_process(
+            "minidock run --rm (python -S)",
+            [*no_site, "run", "--rm", "busybox", "true"],
+            runs,
+        ),
+    ]
+    for t in cli:
+        print(t.line())
+    return cli
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument(
+        "--only",
+        choices=("lib", "cli"),
+        help="only section 1 (the library) or 2 (whole processes), without the summary",
+    )
     parser.add_argument(
         "--with-docker",
         action="store_true",
@@ -624,8 +683,11 @@ def main() -> None:
             f"   commit: {commit()}   load: {load()}"
         )
 
-        section("1. library, in-process: /bin/true (p50 / p90 / min)")
         lib: dict[str, list[Timing]] = {}
+        if args.only == "cli":
+            run_cli(root, args.runs, work)
+            return
+        section("1. library, in-process: /bin/true (p50 / p90 / min)")
         for network in ("none", "host"):
             timings, bad = bench_library(engine, network, args.runs)
             lib[network] = timings
@@ -635,55 +697,9 @@ def main() -> None:
                 print(f"!! /bin/true [{network}] reported {problem}")
         netns_cost = lib["none"][1].median - lib["host"][1].median
         print(f"own netns (lo up) costs {netns_cost * 1000:+.1f} ms at p50 of run→wait")
-
-        section("2. whole processes (bytecode cached in a private PYTHONPYCACHEPREFIX)")
-        CHILD_ENV.update(os.environ)
-        CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
-        CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-        py = sys.executable
-        minidock = str(Path(py).parent / "minidock")
-        md = [minidock, "--root", str(root)]
-        # The same CLI without site (no editable-install finder, whose import runs at every
-        # start of this venv's Python): what a wheel install would cost, about.
-        import site
-
-        import pytest_minidock
-
-        paths = [str(Path(pytest_minidock.__file__).parent.parent), *site.getsitepackages()]
-        no_site = [
-            py,
-            "-S",
-            "-c",
-            f"import sys; sys.path[:0] = {paths!r}; from pytest_minidock.cli import main; "
-            "sys.exit(main())",
-            "--root",
-            str(root),
-        ]
-        cli = [
-            bench_process("python -c pass", [py, "-c", "pass"], args.runs),
-            bench_process("python -S -c pass (no site)", [py, "-S", "-c", "pass"], args.runs),
-            bench_process(
-                "python -c 'import …minidock.cli'",
-                [py, "-c", "import pytest_minidock.cli"],
-                args.runs,
-            ),
-            bench_process("minidock --version", [minidock, "--version"], args.runs),
-            bench_process(
-                "minidock run --rm busybox true", [*md, "run", "--rm", "busybox", "true"], args.runs
-            ),
-            bench_process(
-                "minidock run --rm --network none",
-                [*md, "run", "--rm", "--network", "none", "busybox", "true"],
-                args.runs,
-            ),
-            bench_process(
-                "minidock run --rm (python -S)",
-                [*no_site, "run", "--rm", "busybox", "true"],
-                args.runs,
-            ),
-        ]
-        for t in cli:
-            print(t.line())
+        if args.only == "lib":
+            return
+        cli = run_cli(root, args.runs, work)
 
         section(f"3. memory per container, {args.containers} running `sleep 1000`")
         ours_mem = memory_ours(engine, args.containers)
@@ -733,7 +749,7 @@ def main() -> None:
         if private is not None:
             private.stop()
         umount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
 
 
 def summary(

@@ -21,7 +21,6 @@ import functools
 import mmap
 import os
 import pstats
-import shutil
 import statistics
 import struct
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._roots import remove_work
 from benchmarks.bench_runtime import WARMUPS, make_store
 
 _REC = struct.Struct("<iq48s")
@@ -105,7 +105,7 @@ def wrap(obj: Any, name: str, label: str | None = None, role: int | None = None)
 
 def instrument() -> None:
     from pytest_minidock import api
-    from pytest_minidock.runtime import _sys, cgroups, container, logs, mounts, state
+    from pytest_minidock.runtime import _sys, cgroups, container, launcher, logs, mounts, state
 
     runtime = container.Runtime
     for obj, name, label in (
@@ -117,6 +117,17 @@ def instrument() -> None:
         (runtime, "remove", "Runtime.remove"),
         (runtime, "_remove_files", "Runtime._remove_files"),
         (container, "_read_all", "owner: read sync pipe"),
+        (container, "_read_until_started", "owner: read until started"),
+        (container._Launch, "to_wire", "_Launch.to_wire"),
+        (container._Launch, "from_wire", "_Launch.from_wire"),
+        (launcher.Launcher, "launch", "Launcher.launch (send)"),
+        (launcher, "_recv_request", "recv request"),
+        (launcher._Supervisor, "start", "supervisor.start"),
+        (launcher._Supervisor, "prefork", "supervisor.prefork"),
+        (launcher._Supervisor, "reap", "supervisor.reap"),
+        (container.Monitor, "record_exit", "record_exit"),
+        (container.Monitor, "record_running", "record_running"),
+        (logs.LogWriter, "__init__", "log open"),
         (container, "_close_fds_except", "close_fds_except"),
         (container.Monitor, "_pump", "pump (payload running)"),
         (state.StateDir, "update", "state.update"),
@@ -230,7 +241,7 @@ def main() -> None:
         print("P: the owner (this process), M: the monitor, X: the container's PID 1,")
         print("L: the launcher (with --launcher, also the monitor of these containers)")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
         with contextlib.suppress(OSError):
             os.unlink(os.environ["MINIDOCK_PROFILE_SHM"])
 

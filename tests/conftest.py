@@ -77,9 +77,10 @@ def _networks_of_test_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (a root's ``bridge`` network lives on after its containers, as docker's does): the roots
     ``make_busybox_root`` made, and any other root under this session's temporary directory."""
     yield
-    roots = [r for r in ROOTS if (r / "networks" / "state.json").is_file()]
+    state_files = ("state.0", "state.1", "state.json")  # (state.json: older versions)
+    roots = [r for r in ROOTS if any((r / "networks" / f).is_file() for f in state_files)]
     for top, dirs, files in os.walk(tmp_path_factory.getbasetemp()):
-        if "state.json" in files and os.path.basename(top) == "networks":
+        if os.path.basename(top) == "networks" and any(f in files for f in state_files):
             roots.append(Path(top).parent)
             dirs.clear()
     if roots:

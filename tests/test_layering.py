@@ -42,6 +42,12 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Only runtime/network.py may import pyroute2; only runtime/_sys.py makes raw syscalls via ctypes.
 THIRD_PARTY = {"pyroute2": {"runtime.network"}, "ctypes": {"runtime._sys"}}
+# network.py's own netlink helpers (hand-encoded rtnetlink and nf_tables messages): it owns the
+# kernel's networking, so nothing else may reach around it.
+PRIVATE = {
+    "runtime.netlink": {"runtime.network", "runtime.nftables"},
+    "runtime.nftables": {"runtime.network"},
+}
 
 
 def _modules() -> list[Path]:
@@ -95,3 +101,17 @@ def test_imports_follow_the_layering(path: Path) -> None:
 def test_every_layer_is_documented() -> None:
     layers = {_layer(p) for p in _modules()}
     assert layers <= set(ALLOWED), layers - set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_dotted)
+def test_only_the_network_module_speaks_netlink(path: Path) -> None:
+    imported = _imports(path)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):  # from …runtime import nftables
+        if isinstance(node, ast.ImportFrom) and node.module == "pytest_minidock.runtime":
+            imported += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    bad = []
+    for lineno, module in imported:
+        for private, owners in PRIVATE.items():
+            if module == f"pytest_minidock.{private}" and _dotted(path) not in owners:
+                bad.append(f"line {lineno}: imports {module} (only {', '.join(owners)} may)")
+    assert not bad, f"{path.relative_to(PACKAGE.parent)}:\n" + "\n".join(bad)

@@ -1,11 +1,12 @@
 """The privileged-syscall seam: every mount, namespace and capability call goes through here.
 
 ``Syscalls`` is the protocol the runtime programs against; ``LinuxSyscalls`` makes the calls for
-real (``ctypes`` on the C library, which only this module may import) and ``RecordingSyscalls``
+real (ctypes on the C library, which only this module may import: its C extension ``_ctypes``
+alone, see ``_CTypes``) and ``RecordingSyscalls``
 writes them down instead, so that mount plans and error paths can be tested without root.
 
 Every method raises ``OSError`` carrying the errno and, in ``filename``, the path (or interface)
-it acted on. Importing this module is cheap: ``ctypes`` and the C library are loaded when the
+it acted on. Importing this module is cheap: ``_ctypes`` and the C library are loaded when the
 first ``LinuxSyscalls`` is made, once per process. Make one *before* forking so that children
 inherit it ready to use.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pytest_minidock.capabilities import NUMBERS, normalize
@@ -210,16 +212,65 @@ _PIDFD_OPEN_NR: Final = 434  # the same number on every architecture
 _SIOCGIFFLAGS: Final = 0x8913
 _SIOCSIFFLAGS: Final = 0x8914
 _IFF_UP: Final = 0x1
+_AF_INET: Final = 2
+_SOCK_DGRAM: Final = 1 if os.uname().machine.startswith("mips") else 2
+
+
+class _CTypes:
+    """The few pieces of ``ctypes`` this module uses, made from ``_ctypes`` (its C extension)
+    alone: the ``ctypes`` package costs every command ~3-4 ms more to import (its many types,
+    its struct and endian helpers). The same names, the same behaviour."""
+
+    def __init__(self) -> None:
+        import _ctypes
+
+        simple: Any = _ctypes._SimpleCData
+
+        class c_int(simple):  # type: ignore[misc]
+            _type_ = "i"
+
+        class c_uint(simple):  # type: ignore[misc]
+            _type_ = "I"
+
+        class c_long(simple):  # type: ignore[misc]
+            _type_ = "l"
+
+        class c_ulong(simple):  # type: ignore[misc]
+            _type_ = "L"
+
+        class c_char_p(simple):  # type: ignore[misc]
+            _type_ = "z"
+
+        functions: Any = _ctypes.CFuncPtr
+
+        class FuncPtr(functions):  # type: ignore[misc]
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        self.c_int, self.c_uint, self.c_long, self.c_ulong = c_int, c_uint, c_long, c_ulong
+        self.c_uint32, self.c_size_t = c_uint, c_ulong  # (Linux: 32-bit int, LP64 or ILP32)
+        self.c_char_p = c_char_p
+        self.Structure: Any = _ctypes.Structure
+        self.POINTER = _ctypes.POINTER
+        self.byref = _ctypes.byref
+        self.get_errno = _ctypes.get_errno
+        self._FuncPtr = FuncPtr
+        self._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        """A function of the C library (``dlsym``), errno saved after each call."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._FuncPtr((name, self))
 
 
 class _Libc:
     """The C library's functions with their prototypes, and facts read once per process."""
 
     def __init__(self) -> None:
-        import ctypes
-
+        ctypes = _CTypes()
         self.ctypes = ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes
         c_char_p, c_int, c_ulong = ctypes.c_char_p, ctypes.c_int, ctypes.c_ulong
         self.mount = libc.mount
         self.mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
@@ -236,15 +287,20 @@ class _Libc:
         self.sethostname = libc.sethostname
         self.sethostname.argtypes = (c_char_p, ctypes.c_size_t)
         self.sethostname.restype = c_int
+        self.socket = libc.socket
+        self.socket.argtypes = (c_int, c_int, c_int)
+        self.socket.restype = c_int
         self.syscall = libc.syscall  # variadic: arguments are passed as explicit ctypes values
         self.syscall.restype = ctypes.c_long
         self.prctl = libc.prctl  # variadic too
         self.prctl.restype = c_int
 
-        class CapHeader(ctypes.Structure):
+        structure: Any = ctypes.Structure
+
+        class CapHeader(structure):  # type: ignore[misc]
             _fields_ = (("version", ctypes.c_uint32), ("pid", c_int))
 
-        class CapData(ctypes.Structure):
+        class CapData(structure):  # type: ignore[misc]
             _fields_ = (
                 ("effective", ctypes.c_uint32),
                 ("permitted", ctypes.c_uint32),
@@ -252,7 +308,8 @@ class _Libc:
             )
 
         self.CapHeader = CapHeader
-        self.CapData2 = CapData * 2
+        data_type: Any = CapData
+        self.CapData2 = data_type * 2
         self.capset = libc.capset
         self.capset.argtypes = (ctypes.POINTER(CapHeader), ctypes.POINTER(CapData))
         self.capset.restype = c_int
@@ -385,19 +442,25 @@ class LinuxSyscalls:
         self.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
     def loopback_up(self) -> None:
+        # A socket from the C library, not from the socket module: PID 1 calls this after the
+        # fork, where importing _socket (a shared object to load) costs ~1 ms.
         import fcntl
-        import socket
-        import struct
 
+        c = self._c
+        fd = c.socket(_AF_INET, _SOCK_DGRAM | os.O_CLOEXEC, 0)
+        if fd < 0:
+            raise _fail("lo")
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                ifreq = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
-                flags: int = struct.unpack_from("16sh", ifreq)[1]
-                if not flags & _IFF_UP:
-                    packed = struct.pack("16sh22x", b"lo", flags | _IFF_UP)
-                    fcntl.ioctl(sock, _SIOCSIFFLAGS, packed)
+            name = b"lo".ljust(16, b"\0")
+            ifreq = fcntl.ioctl(fd, _SIOCGIFFLAGS, name + bytes(24))
+            flags = int.from_bytes(ifreq[16:18], sys.byteorder)
+            if not flags & _IFF_UP:
+                packed = name + (flags | _IFF_UP).to_bytes(2, sys.byteorder) + bytes(22)
+                fcntl.ioctl(fd, _SIOCSIFFLAGS, packed)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, "lo") from exc
+        finally:
+            os.close(fd)
 
     def pidfd_open(self, pid: int) -> int:
         c = self._c

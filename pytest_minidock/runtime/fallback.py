@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import sys
 from pathlib import Path
@@ -68,6 +67,8 @@ def _xattr(path: str, names: Sequence[str]) -> bytes | None:
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
+        import shutil
+
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
@@ -82,6 +83,8 @@ def _copy_meta(src_st: os.stat_result, dst: str) -> None:
 
 
 def _apply_layer(layer: str, dest: str) -> None:
+    import shutil
+
     dirs: list[tuple[os.stat_result, str]] = []
     for dirpath, dirnames, filenames in os.walk(layer):
         rel = os.path.relpath(dirpath, layer)

@@ -115,6 +115,9 @@ def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover
         os.chdir(rootfs)
         os.chroot(".")
         return
+    from pytest_minidock.runtime.mounts import clear_volatile
+
+    clear_volatile(str(record.dir / "work"))
     sys_.unshare(_sys.CLONE_NEWNS)
     sys_.mount("none", "/", "", _sys.MS_REC | _sys.MS_PRIVATE, "")
     lower = ":".join(reversed(record.config["LowerDirs"]))

@@ -53,10 +53,19 @@ from pytest_minidock.errors import RuntimeFailure
 __all__ = ["Launcher", "main", "shared"]
 
 _HEADER = struct.Struct(">I")
-_PREFORK_DELAY = 0.005
-"""Seconds between a start and the fork of the next zygote: that fork and its new mount
-namespace would otherwise compete with the container being started (for the CPU, and for the
-kernel's namespace lock during its ``pivot_root``)."""
+_PREFORK_DELAY = 0.025
+"""Seconds between a start and the fork of the next zygote (and the making of the next spare
+directories), unless a container exits first (then at once): that fork (~2 ms during which the
+launcher's loop stands still) and the new zygote's namespaces would otherwise compete with the
+container being started (for the CPU, the kernel's namespace lock during its ``pivot_root``)
+and delay the recording of a quick exit."""
+_ZYGOTES = 2
+"""Zygotes kept ready: two, so that the next start finds one fully prepared even when the
+last one was forked only a moment ago (its new namespaces and mounts take a few ms), and two
+starts in a row both find one."""
+_SPARES = 2
+"""Spare container directories kept ready per state root (``StateDir.make_spare``), made when
+zygotes are (they take the launcher ~1 ms each)."""
 _MAX_PORTS = 64
 _MAX_FDS = 5 + _MAX_PORTS  # the sync pipe, stdin, stdout, stderr, the go pipe, port sockets
 _MAX_REQUEST = 64 << 20
@@ -175,6 +184,10 @@ class Launcher:
             self._sock = None
         proc, self._proc = self._proc, None
         if proc is not None:
+            # Its socket closed, it exits at once (after removing its spare directories); its
+            # containers die with it.
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
             with contextlib.suppress(OSError):
                 proc.kill()
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
@@ -246,8 +259,9 @@ def shared() -> Launcher:
 
 
 # -- the launcher process ------------------------------------------------------------------------
-def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """One request and its fds; None at the end of the stream (the owner is gone)."""
+def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int], bytes] | None:
+    """One request, its fds and the message as sent (``_encode``'s bytes, to pass on as it is);
+    None at the end of the stream (the owner is gone)."""
     # Not socket.recv_fds: it drops its flags argument, and the fds must be close-on-exec (the
     # sync pipe's write end would otherwise stay open in the payload, and ``start`` block).
     import array
@@ -281,7 +295,8 @@ def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | Non
                 raise EOFError
             chunks.append(chunk)
             left -= len(chunk)
-        return json.loads(b"".join(chunks)), list(fds)
+        data = b"".join(chunks)
+        return json.loads(data), list(fds), head + data
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -303,8 +318,9 @@ class _Supervised:
 
 
 class _Zygote:
-    """A PID 1 forked ahead of time: already in its own PID, mount, UTS, IPC, cgroup and network
-    namespaces (loopback up), blocked until it is handed a request on ``sock``."""
+    """A PID 1 forked ahead of time: already in its own PID, mount, UTS, IPC and cgroup
+    namespaces, and network namespace (loopback up) unless made for the host's network, blocked
+    until it is handed a request on ``sock``."""
 
     __slots__ = ("err_r", "out_r", "pid", "sock")
 
@@ -330,9 +346,10 @@ class _Supervisor:  # pragma: no cover - the launcher process
     code as a separate monitor process uses. Containers with a terminal or the owner's stdio
     still get a monitor process each (forwarding to a slow reader must not stall the others).
 
-    One PID 1 is kept forked ahead (``_Zygote``): a start then costs no fork and no namespace
-    creation, only the container's own root filesystem and the exec. A container on the host's
-    network gets a fresh fork (the zygote already has a network namespace of its own).
+    PID 1s are kept forked ahead (``_Zygote``, ``_ZYGOTES`` of them): a start then costs no
+    fork, no namespace creation and no system mounts (``mounts.plan_kit``: made ahead too), only
+    the container's own root filesystem and the exec. Zygotes for the host's network (one, once a
+    container asked for it) share the host's network namespace and make no system mounts ahead.
     """
 
     def __init__(self, sys_: Any, poller: Any) -> None:
@@ -346,7 +363,13 @@ class _Supervisor:  # pragma: no cover - the launcher process
         self.pidfd = sys_.pidfd_open(self.me)
         self.by_fd: dict[int, tuple[_Supervised, str]] = {}
         self.by_pid: dict[int, _Supervised] = {}
-        self.zygote: _Zygote | None = None
+        self.zygotes: list[_Zygote] = []
+        """Ready PID 1s, oldest (the most surely done with its preparation) first."""
+        self.host_zygotes: list[_Zygote] = []
+        """The same for the host's network: one, once a container asked for that network."""
+        self.host_wanted = False
+        self.finished = False
+        """A container's exit was recorded since the last look: a good moment to prefork."""
 
     def _fork_pid1(self, child: Callable[[int, int], None]) -> tuple[int, int, int]:
         """Fork a PID 1 (new PID namespace) running ``child(out_w, err_w)``; its pid and the
@@ -381,13 +404,23 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 os.close(err_w)
         return pid, out_r, err_r
 
-    def prefork(self) -> None:
-        """Keep a zygote ready (call with no received descriptor open: it would inherit it)."""
-        if self.zygote is not None:
-            return
+    def prefork(self, most: int = _ZYGOTES) -> None:
+        """Keep ``most`` zygotes ready, and one for the host's network once wanted (call with no
+        received descriptor open: they would inherit it)."""
+        while len(self.zygotes) < most:
+            self._prefork_one(own_net=True)
+        while self.host_wanted and not self.host_zygotes:
+            self._prefork_one(own_net=False)
+
+    def short(self) -> bool:
+        """Whether a zygote is missing."""
+        return len(self.zygotes) < _ZYGOTES or (self.host_wanted and not self.host_zygotes)
+
+    def _prefork_one(self, *, own_net: bool) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
         def child(out_w: int, err_w: int) -> None:
+            from pytest_minidock.runtime import mounts
             from pytest_minidock.runtime.container import (
                 EXIT_RUNTIME,
                 Monitor,
@@ -402,11 +435,16 @@ class _Supervisor:  # pragma: no cover - the launcher process
             # a spare may wait long: it must not pin what the launcher holds for others (their
             # host ports above all, which would stay bound after their exit)
             _close_fds_except({0, 1, 2, theirs.fileno(), out_w, err_w})
-            unshare_namespaces(self.sys, own_net=True)
+            unshare_namespaces(self.sys, own_net=own_net)
+            # (rootless: devices are bound from the host's /dev; the host's network: its sysfs
+            # cannot go over /sys again)
+            kit = own_net and os.geteuid() == 0
+            if kit:  # the system mounts, now rather than at start
+                mounts.apply(mounts.plan_kit(), self.sys)
             got = _recv_request(theirs)
             if got is None:
                 os._exit(0)
-            request, fds = got
+            request, fds, _ = got
             launch = _Launch.from_wire(request, fds[1:])
             Monitor(launch, self.sys, cast("Any", None))._pid1(
                 launch,
@@ -418,6 +456,7 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 out_r=-1,
                 err_r=-1,
                 prepared=True,
+                kit_ready=kit,
             )
 
         try:
@@ -427,32 +466,38 @@ class _Supervisor:  # pragma: no cover - the launcher process
             raise
         finally:
             theirs.close()
-        self.zygote = _Zygote(pid, mine, out_r, err_r)
+        zygote = _Zygote(pid, mine, out_r, err_r)
+        (self.zygotes if own_net else self.host_zygotes).append(zygote)
 
-    def start(self, monitor: Any, sync_w: int, message: bytes, fds: list[int]) -> None:
-        """Start ``monitor.launch`` (``message`` and ``fds``: its request as received), record it
-        running and answer ``P`` on ``sync_w``."""
+    def hand_off(self, message: bytes, fds: list[int], *, own_net: bool) -> _Zygote | None:
+        """Give a request (``message`` and ``fds`` as received) to a zygote, first thing: PID 1
+        sets the container up while this process does its own part (``start``). The zygote
+        used, or None (there is none, or it died: ``start`` forks a PID 1 instead)."""
+        pool = self.zygotes if own_net else self.host_zygotes
+        self.host_wanted = self.host_wanted or not own_net
+        if not pool:
+            return None
+        zygote = pool.pop(0)
+        try:
+            sent = socket.send_fds(zygote.sock, [message], fds)
+            if sent < len(message):
+                zygote.sock.sendall(message[sent:])
+        except OSError:  # it died: start the usual way
+            zygote.close()
+            return None
+        zygote.sock.close()
+        return zygote
+
+    def start(self, monitor: Any, sync_w: int, zygote: _Zygote | None) -> None:
+        """Start ``monitor.launch`` (PID 1 is ``zygote`` if it was handed the request, else a
+        fresh fork), record it running and answer ``P`` on ``sync_w``."""
         from pytest_minidock.runtime.logs import LogWriter
 
         launch = monitor.launch
-        log = LogWriter(launch.dir / "log")
         try:
-            zygote, self.zygote = self.zygote, None
-            if zygote is not None and launch.own_net:
-                try:
-                    sent = socket.send_fds(zygote.sock, [message], fds)
-                    if sent < len(message):
-                        zygote.sock.sendall(message[sent:])
-                except OSError:  # it died: start the usual way
-                    zygote.close()
-                    zygote = None
-                else:
-                    pid, out_r, err_r = zygote.pid, zygote.out_r, zygote.err_r
-                    zygote.sock.close()
-            elif zygote is not None:
-                self.zygote = zygote
-                zygote = None
-            if zygote is None:
+            if zygote is not None:
+                pid, out_r, err_r = zygote.pid, zygote.out_r, zygote.err_r
+            else:
 
                 def child(out_w: int, err_w: int) -> None:
                     monitor._pid1(
@@ -468,8 +513,12 @@ class _Supervisor:  # pragma: no cover - the launcher process
                     )
 
                 pid, out_r, err_r = self._fork_pid1(child)
+            log = LogWriter(launch.dir / "log")
         except BaseException:
-            log.close()
+            if zygote is not None:  # (it is running already: stop it)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(zygote.pid, signal.SIGKILL)
+                zygote.close()
             raise
         item = _Supervised(monitor, pid, log, (out_r, err_r))
         self.by_pid[pid] = item
@@ -523,24 +572,45 @@ class _Supervisor:  # pragma: no cover - the launcher process
         item.log.close()
         with contextlib.suppress(Exception):
             item.monitor.record_exit(item.code)  # (it closes the port sockets too)
+        self.finished = True
 
 
 def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the launcher process
-    from pathlib import Path
-
     from pytest_minidock.runtime._sys import LinuxSyscalls
-    from pytest_minidock.runtime.container import EXIT_RUNTIME, Monitor, _Launch
-    from pytest_minidock.runtime.state import StateDir
 
     sys_ = LinuxSyscalls()
-    states: dict[str, StateDir] = {}
-    me = os.getpid()
+    states: dict[str, Any] = {}  # StateDir by state root
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     supervisor = _Supervisor(sys_, poller)
+    tag = f"{supervisor.me}-{supervisor.me_start}"
+    try:
+        _loop(sock, wake_r, sys_=sys_, supervisor=supervisor, states=states, tag=tag)
+    finally:  # the owner is gone (or confused): no spare is left behind
+        for state in states.values():
+            with contextlib.suppress(OSError):
+                state.remove_spares(tag)
+
+
+def _loop(
+    sock: socket.socket,
+    wake_r: int,
+    *,
+    sys_: Any,
+    supervisor: _Supervisor,
+    states: dict[str, Any],
+    tag: str,
+) -> None:  # pragma: no cover - the launcher process
+    from pathlib import Path
+
+    from pytest_minidock.runtime.container import EXIT_RUNTIME, Monitor, _Launch
+    from pytest_minidock.runtime.state import StateDir
+
+    me = supervisor.me
+    poller = supervisor.poller
     with contextlib.suppress(OSError, RuntimeFailure):
-        supervisor.prefork()
+        supervisor.prefork(1)  # (the first request is on its way: the other one later)
     prefork_at: float | None = None
     while True:
         timeout = None if prefork_at is None else max(0.0, prefork_at - time.monotonic()) * 1000
@@ -549,6 +619,10 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
             prefork_at = None
             with contextlib.suppress(OSError, RuntimeFailure):
                 supervisor.prefork()
+            for state in states.values():
+                with contextlib.suppress(OSError):
+                    while state.spare_count(tag) < _SPARES:
+                        state.make_spare(tag)
         for fd, _ in events:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -564,24 +638,31 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
                 return  # a broken stream: the owner is gone or confused; the containers die with us
             if got is None:
                 return
-            request, fds = got
+            request, fds, message = got
             sync_w, rest = fds[0], fds[1:]
             pid = -1
             kept: tuple[int, ...] = ()
+            zygote: _Zygote | None = None
             try:
                 if int(request.get("ports", 0)) > _MAX_PORTS:
                     raise ValueError(f"more than {_MAX_PORTS} published ports")
+                plain = not (request["tty"] or request["stdin"] or request["stdout"])
+                plain = plain and not request["stderr"]
+                own_net = bool(request["own_net"])
+                zygote = supervisor.hand_off(message, fds, own_net=own_net) if plain else None
                 launch = _Launch.from_wire(request, rest)
                 if launch.root not in states:
                     states[launch.root] = StateDir(Path(launch.root))
                 monitor = Monitor(launch, sys_, states[launch.root])
-                plain = not (launch.stdio.tty or request["stdin"] or request["stdout"])
-                if plain and not request["stderr"]:
-                    supervisor.start(monitor, sync_w, _encode(request), fds)
+                if plain:
+                    supervisor.start(monitor, sync_w, zygote)
                     kept = launch.port_fds
                 else:
                     pid = os.fork()
             except BaseException as exc:
+                if zygote is not None and zygote.pid not in supervisor.by_pid:
+                    with contextlib.suppress(ProcessLookupError):  # handed the request: stop it
+                        os.kill(zygote.pid, signal.SIGKILL)
                 with contextlib.suppress(OSError):
                     os.write(sync_w, f"E {EXIT_RUNTIME} cannot launch: {exc}\n".encode())
             if pid == 0:
@@ -597,8 +678,12 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
                 if received not in kept:
                     with contextlib.suppress(OSError):
                         os.close(received)
-            if supervisor.zygote is None:  # fork the next one once this start is done with
-                prefork_at = time.monotonic() + _PREFORK_DELAY
+            # fork the next zygote, make the next spare directory, later (see the delay)
+            prefork_at = time.monotonic() + _PREFORK_DELAY
+        if supervisor.finished:  # an exit was recorded: the machine is quieter now
+            supervisor.finished = False
+            if supervisor.short():
+                prefork_at = time.monotonic()
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - the launcher process

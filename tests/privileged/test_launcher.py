@@ -88,24 +88,63 @@ print(launcher.shared().pid, *pids, flush=True)
 time.sleep(1000)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    pids = [int(p) for p in proc.stdout.readline().split()]
-    assert len(pids) == 7
-    launcher_pid, containers = pids[0], pids[1:]
-    for pid in pids:
-        assert Path(f"/proc/{pid}").exists()
-    for pid1, monitor in zip(containers[0::2], containers[1::2], strict=True):
-        assert monitor == launcher_pid  # the launcher monitors plain containers itself
-        assert ppid(pid1) == launcher_pid
-    assert ppid(launcher_pid) == proc.pid
-    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
-    spare = [int(c) for c in children if int(c) not in pids]  # the zygote forked ahead, if any
-    assert len(spare) <= 1
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
+    try:  # (whatever fails, the owner is killed: its containers must not outlive the test)
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 7
+        launcher_pid, containers = pids[0], pids[1:]
+        for pid in pids:
+            assert Path(f"/proc/{pid}").exists()
+        for pid1, monitor in zip(containers[0::2], containers[1::2], strict=True):
+            assert monitor == launcher_pid  # the launcher monitors plain containers itself
+            assert ppid(pid1) == launcher_pid
+        assert ppid(launcher_pid) == proc.pid
+        children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+        spare = [int(c) for c in children if int(c) not in pids]  # zygotes forked ahead, if any
+        assert len(spare) <= launcher._ZYGOTES
+        spares = runtime_root / "spares"  # its spare container directories, once made
+
+        def its_spares() -> list[str]:
+            names = os.listdir(spares) if spares.is_dir() else []
+            return [n for n in names if n.lstrip(".").startswith(f"{launcher_pid}-")]
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(its_spares()) < launcher._SPARES:
+            time.sleep(0.01)
+        assert its_spares()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert gone(pids + spare) == []
     assert Engine(runtime_root).cleanup()  # the owner's containers are leftovers now
+    assert its_spares() == []  # and its spares
+
+
+def test_the_launcher_removes_its_spare_directories_when_its_owner_lets_it_go(
+    engine: Engine,
+) -> None:
+    shared = launcher.shared()
+    s = engine.run("busybox", Overrides(command=("true",)))
+    assert engine.wait(s.id, timeout=30) == 0
+    pid, spares = shared.pid, engine.root / "spares"
+
+    def its_spares(*, half_made: bool = False) -> list[str]:
+        prefixes = (f"{pid}-", f".{pid}-") if half_made else (f"{pid}-",)
+        return [n for n in os.listdir(spares) if n.startswith(prefixes)]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(its_spares()) < launcher._SPARES:
+        time.sleep(0.01)
+    assert len(its_spares()) == launcher._SPARES
+    made = {os.stat(spares / n).st_ino for n in os.listdir(spares) if not n.startswith(".")}
+    taken = engine.create("busybox", Overrides(command=("true",)))
+    assert taken.dir.stat().st_ino in made  # a spare became its directory
+    engine.remove(taken.id)
+    shared.close()
+    assert gone([pid]) == []
+    assert its_spares(half_made=True) == []
 
 
 def test_the_launcher_starts_once_and_serves_many_containers(engine: Engine) -> None:
@@ -129,7 +168,7 @@ def test_the_launcher_starts_once_and_serves_many_containers(engine: Engine) -> 
         assert ppid(s.pid) == pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert str(s.pid) in children
-        assert len(children) <= 2  # and perhaps the spare PID 1 forked ahead
+        assert len(children) <= 2 + launcher._ZYGOTES  # and perhaps PID 1s forked ahead
     finally:
         second.remove(s.id, force=True)
     assert shared.starts == starts
@@ -281,24 +320,46 @@ def test_a_spare_pid1_is_forked_ahead_and_used_by_the_next_start(engine: Engine)
     shared = launcher.shared()
     deadline = time.monotonic() + 10
     spare: list[int] = []
-    while not spare and time.monotonic() < deadline:
+    while len(spare) < launcher._ZYGOTES and time.monotonic() < deadline:
         children = Path(f"/proc/{shared.pid}/task/{shared.pid}/children").read_text().split()
         spare = [int(c) for c in children if int(c) != first.pid]
         time.sleep(0.01)
-    assert len(spare) == 1
-    # it already has namespaces of its own, and waits for a request
-    assert os.readlink(f"/proc/{spare[0]}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert os.readlink(f"/proc/{spare[0]}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    assert len(spare) == launcher._ZYGOTES
+    # they soon have namespaces of their own, and wait for a request
+    while time.monotonic() < deadline and any(
+        os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net") for pid in spare
+    ):
+        time.sleep(0.01)
+    for pid in spare:
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     second = engine.run("busybox", Overrides(command=("sh", "-c", "echo $$; hostname")))
-    assert second.pid == spare[0]
+    assert second.pid in spare
     assert engine.wait(second.id, timeout=30) == 0
     assert log_of(engine, second.id).split() == [
         b"1",
         engine.container(second.id).config["Spec"]["hostname"].encode(),
     ]
     host = engine.run("busybox", Overrides(command=("true",), network="host"))
-    assert host.pid != spare[0]  # the host's network: a fresh fork, not the spare
+    assert host.pid not in spare  # the host's network: not one of those
     assert engine.wait(host.id, timeout=30) == 0
+    # from now on, one is kept ready for the host's network too
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{shared.pid}/task/{shared.pid}/children").read_text().split()
+        host_spare = [
+            int(c)
+            for c in children
+            if os.readlink(f"/proc/{c}/ns/net") == os.readlink("/proc/self/ns/net")
+            and os.readlink(f"/proc/{c}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        ]
+        if host_spare:
+            break
+        time.sleep(0.01)
+    assert len(host_spare) == 1
+    again = engine.run("busybox", Overrides(command=("sh", "-c", "echo $$"), network="host"))
+    assert again.pid == host_spare[0]
+    assert engine.wait(again.id, timeout=30) == 0
+    assert log_of(engine, again.id) == b"1\n"
 
 
 def test_rm_force_of_a_running_container_returns_at_once(engine: Engine) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import multiprocessing
 import os
 import select
@@ -300,6 +299,95 @@ def test_httpd_answers_on_its_published_loopback_port(
             urllib.request.urlopen(f"http://127.0.0.1:{m.host_port}/", timeout=2)
 
 
+def test_lease_then_connect_forwards_a_port_before_the_links_exist(
+    nets: Networks, spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    """The runtime's two halves of ``attach``: the lease (address, forwarded ports) while the
+    container's process is being made, the links once its network namespace exists."""
+    web = _httpd(spawn, "web", tmp_path)
+    with ports.reserve(ports.parse_publish("0:80")) as reserved:
+        lease = nets.lease(
+            "bridge", web.cid, name="web", hosts_file=web.hosts, mappings=reserved.mappings
+        )
+        [m] = nets.ports(web.cid)
+        assert f" {m.host_port} : {lease.endpoint.ip} . 80" in _table(nets)
+        assert lease.endpoint.host_ifname not in _links()
+        t0 = time.perf_counter()
+        a = nets.connect(lease, web.pid)
+        elapsed = time.perf_counter() - t0
+        assert a == lease.attachment()
+        assert f"inet {a.ip}/24 brd " in web.run("ip", "-o", "addr", "show", "dev", "eth0")
+        assert _http_get(f"http://127.0.0.1:{m.host_port}/") == b"I am web\n"
+        nets.detach(web.cid)
+    assert elapsed < 0.25, f"connect took {elapsed * 1000:.0f} ms"
+    assert a.host_ifname not in _links()
+    assert "elements" not in _table(nets)
+
+
+def test_the_first_connection_after_connect_is_answered_at_once(
+    nets: Networks, spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    """No packet is lost to a link the kernel has not activated yet (the noop queue of a veth
+    or bridge that came up without a carrier), which would cost an ARP retry: 1 s."""
+    nets.create("quick")
+    slowest = 0.0
+    for i in range(8):  # each one alone on the bridge: its carrier comes and goes every time
+        web = _httpd(spawn, f"web{i}", tmp_path)
+        with ports.reserve(ports.parse_publish("0:80")) as reserved:
+            lease = nets.lease("quick", web.cid, name=f"web{i}", mappings=reserved.mappings)
+            nets.connect(lease, web.pid)
+            t0 = time.perf_counter()
+            with contextlib.suppress(ConnectionRefusedError):  # (httpd not listening yet)
+                socket.create_connection(("127.0.0.1", reserved.mappings[0].host_port), 5).close()
+            slowest = max(slowest, time.perf_counter() - t0)
+            nets.detach(web.cid)
+        os.kill(web.pid, signal.SIGKILL)
+    assert slowest < 0.5, f"a first connection took {slowest * 1000:.0f} ms"
+
+
+def test_the_netlink_batch_makes_the_table_nft_would(nets: Networks, tmp_path: Path) -> None:
+    """The rules go to the kernel as one nf_tables batch; ``nft -f`` given its script makes the
+    same table (so the script, which people and the unit tests read, is the truth)."""
+    from pytest_minidock.runtime import nftables
+
+    bridges = [
+        nftables.Bridge("md-h4a000000000", "10.123.0.0/24"),
+        nftables.Bridge("md-h4b000000000", "10.123.16.0/20", internal=True),
+    ]
+    dnats = [
+        nftables.Dnat("tcp", "127.0.0.1", 8080, "10.123.0.2", 80),
+        nftables.Dnat("udp", "0.0.0.0", 5353, "10.123.0.3", 53),
+    ]
+    key = hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]
+    ours, theirs = f"minidock_t{key}a", f"minidock_t{key}b"
+    batch = nftables.ruleset(ours, bridges, dnats)
+    try:
+        nftables.commit(batch)
+        script = batch.script.replace(ours, theirs)
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+        listed = {}
+        for table in (ours, theirs):
+            done = subprocess.run(
+                ["nft", "list", "table", "ip", table], capture_output=True, text=True, check=True
+            )
+            listed[table] = done.stdout.replace(table, "T")
+        assert listed[ours] == listed[theirs]
+        assert "ip saddr 10.123.16.0/20 ct status dnat masquerade" in listed[ours]
+        # elements go exactly: one deleted, the other kept
+        nftables.commit(nftables.elements("delete", ours, dnats[:1]))
+        done = subprocess.run(
+            ["nft", "list", "table", "ip", ours], capture_output=True, text=True, check=True
+        )
+        assert "8080" not in done.stdout
+        assert "5353 : 10.123.0.3 . 53" in done.stdout
+        with pytest.raises(OSError, match="No such file or directory: delete element"):
+            nftables.commit(nftables.elements("delete", ours, dnats[:1]))
+    finally:
+        nftables.commit(nftables.delete_table(ours))
+        nftables.commit(nftables.delete_table(theirs))
+    assert ours not in _tables()
+
+
 def _host_address() -> str:
     """An IPv4 address of this host that is not loopback (its default route's source)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -566,8 +654,7 @@ def test_no_leftovers_after_detach_remove_and_cleanup(
         nets.remove("mine")
         assert nets.list()[0].name == "host"
         assert nets.table not in _tables()
-        state = json.loads((tmp_path / "root" / "networks" / "state.json").read_text())
-        assert state == {"networks": [], "ports": [], "version": 1}
+        assert nets.state_json() == {"networks": [], "ports": [], "version": 1}
     finally:
         nets.destroy()
         for name in names:

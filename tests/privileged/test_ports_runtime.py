@@ -44,9 +44,18 @@ def engine(net_root: Path) -> Iterator[Engine]:
             eng.remove(record.id, force=True)
 
 
-def links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+def links(engine: Engine) -> set[str]:
+    """The links on the bridges of ``engine``'s networks (the machine may be shared: other
+    roots' containers come and go meanwhile)."""
+    from pytest_minidock.runtime.network import Networks
+
+    out: set[str] = set()
+    for net in Networks(engine.root).list():
+        if net.bridge:
+            cmd = ["ip", "-o", "link", "show", "master", net.bridge]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+            out |= {line.split(":")[1].strip().split("@")[0] for line in done.splitlines()}
+    return out
 
 
 def host_port(engine: Engine, cid: str, key: str = "80/tcp") -> int:
@@ -184,10 +193,10 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing(engine: Engine) -> Non
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        before = links()
+        before = links(engine)
         with pytest.raises(PortInUse, match=f"127.0.0.1:{port}/tcp is already in use"):
             engine.run("busybox", Overrides(command=HTTPD, publish=(f"{port}:80",)))
-        assert links() == before
+        assert links(engine) == before
     res = subprocess.run(
         [sys.executable, "-m", "pytest_minidock", "--root", str(engine.root), "run", "--rm",
          "-p", f"127.0.0.1:{port}:80", "busybox", "true"],
@@ -228,13 +237,13 @@ def test_outbound_traffic_is_masqueraded_to_a_host_address(engine: Engine) -> No
 
 
 def test_nothing_is_left_after_rm(engine: Engine) -> None:
-    before = links()
+    before = links(engine)
     s = engine.run("busybox", Overrides(command=HTTPD, publish=("80",)))
     port = host_port(engine, s.id)
     http_get(port)
-    assert links() - before  # its veth
+    assert links(engine) - before  # its veth
     engine.remove(s.id, force=True)
-    assert links() - before == set()
+    assert links(engine) - before == set()
     nft = ["nft", "list", "ruleset"]
     ruleset = subprocess.run(nft, capture_output=True, text=True, check=True).stdout
     assert f" {port} " not in ruleset

@@ -681,6 +681,15 @@ def test_importing_the_seam_loads_no_ctypes() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_the_real_seam_needs_only_ctypes_c_extension() -> None:
+    code = (
+        "import sys; from pytest_minidock.runtime._sys import LinuxSyscalls as L; s = L(); "
+        "print('ctypes' in sys.modules, s._c.cap_last_cap > 30, s._c.ctypes.get_errno() >= 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
 def test_linux_syscalls_without_root(tmp_path: Path) -> None:
     s = LinuxSyscalls()
     d = str(tmp_path / "d")
@@ -729,3 +738,117 @@ def test_pidfd_open(tmp_path: Path) -> None:
         child.wait()
     with pytest.raises(ProcessLookupError):
         s.pidfd_open(child.pid)
+
+
+# ---- the init layer and volatile overlays ------------------------------------------------------
+
+
+def test_the_init_layer_holds_the_mount_points_so_nothing_is_made_in_the_upper_dir(
+    tmp_path: Path,
+) -> None:
+    from pytest_minidock.runtime.mounts import INIT_LAYER, make_init_layer
+
+    init = make_init_layer(str(tmp_path / "init"))
+    assert make_init_layer(init) == init  # made once; then only looked at
+    for entry in INIT_LAYER:
+        path = tmp_path / "init" / entry
+        assert path.is_dir() if entry.endswith("/") else path.is_file()
+        assert (path.stat().st_mode & 0o777) == (0o755 if entry.endswith("/") else 0o644)
+    assert not list(tmp_path.glob("init.*.tmp"))
+    etc = (
+        (str(tmp_path / "h"), "/etc/hosts"),
+        (str(tmp_path / "n"), "/etc/hostname"),
+        (str(tmp_path / "r"), "/etc/resolv.conf"),
+    )
+    cfg = config(tmp_path, init_layer=init, etc_files=etc)
+    lines = show(plan_rootfs(cfg), cfg.rootfs)
+    s, c = tmp_path / "s", tmp_path / "c"
+    overlay = f"lowerdir={init}:{s}/top:{s}/base,upperdir={c}/upper,workdir={c}/work"
+    assert lines[1] == f"mount overlay $R overlay 0 {overlay}"
+    made = [line for line in lines if line.startswith(("touch", "mkdir"))]
+    # only what goes in the fresh /dev (a tmpfs) is made: nothing in the overlay
+    assert made == [
+        "mkdir $R/dev/pts 755",
+        "mkdir $R/dev/shm 755",
+        "mkdir $R/dev/mqueue 755",
+        "touch $R/dev/console 644",
+    ]
+    assert f"mount {tmp_path}/h $R/etc/hosts - bind|rec" in lines
+
+
+def test_a_volatile_overlay_says_so_and_its_marker_is_cleared_before_a_new_mount(
+    tmp_path: Path,
+) -> None:
+    from pytest_minidock.runtime.mounts import clear_volatile, volatile_supported
+
+    cfg = config(tmp_path, volatile=True)
+    assert show(plan_rootfs(cfg), cfg.rootfs)[1].endswith(",volatile")
+    marker = tmp_path / "work" / "work" / "incompat" / "volatile" / "dirty"
+    marker.mkdir(parents=True)
+    clear_volatile(str(tmp_path / "work"))
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*")) == ["work"]
+    clear_volatile(str(tmp_path / "nothing-here"))  # nothing to clear: fine
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert volatile_supported() == ((major, minor) >= (5, 10))
+
+
+# ---- the kit: system mounts made ahead, moved in -----------------------------------------------
+
+
+def test_the_kit_is_the_system_mounts_of_a_plan_made_over_pid1s_own_directories() -> None:
+    from pytest_minidock.runtime.mounts import plan_kit
+
+    system = [
+        "mount proc $R/proc proc nosuid|nodev|noexec",
+        *dev_lines()[1:],  # (no mkdir: PID 1's own /dev is there)
+        "mount sysfs $R/sys sysfs rdonly|nosuid|nodev|noexec",
+        *masking(),
+    ]
+    assert show(plan_kit(), "/nowhere") == [
+        "mount none / - rec|private",
+        *(line.replace("$R", "") for line in system),
+    ]
+
+
+def test_a_plan_with_the_kit_moves_proc_dev_and_sys_in(tmp_path: Path) -> None:
+    from pytest_minidock.runtime.mounts import drop_kit, make_init_layer, uses_kit
+
+    init = make_init_layer(str(tmp_path / "init"))
+    cfg = config(tmp_path, init_layer=init, kit=True, console="/dev/pts/7")
+    plan = plan_rootfs(cfg)
+    s, c = tmp_path / "s", tmp_path / "c"
+    overlay = f"lowerdir={init}:{s}/top:{s}/base,upperdir={c}/upper,workdir={c}/work"
+    assert show(plan, cfg.rootfs) == [
+        "mount none / - rec|private",
+        f"mount overlay $R overlay 0 {overlay}",
+        "mount /proc $R/proc - move",
+        "mount /dev $R/dev - move",
+        "mount /sys $R/sys - move",
+        "mount /dev/pts/7 $R/dev/console - bind|rec",  # a terminal: over the kit's console
+        *PIVOT,
+    ]
+    assert uses_kit(plan)
+    recorder = RecordingSyscalls()
+    drop_kit(recorder)
+    assert recorder.calls == [("umount2", p, MNT_DETACH) for p in ("/sys", "/dev", "/proc")]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"privileged": True},
+        {"create_devices": False},
+        {"binds": (BindMount("/tmp", "/dev/shm"),)},
+        {"tmpfs": (TmpfsMount("/proc/acpi"),)},
+        {"binds": (BindMount("/tmp", "/sys"),)},
+        {"init_layer": ""},  # these layers have no /proc, /dev, /sys: they are made
+    ],
+)
+def test_the_kit_is_not_used_where_it_would_make_a_difference(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    from pytest_minidock.runtime.mounts import make_init_layer, uses_kit
+
+    settings: dict[str, Any] = {"init_layer": make_init_layer(str(tmp_path / "init")), "kit": True}
+    assert uses_kit(plan_rootfs(config(tmp_path, **settings)))
+    assert not uses_kit(plan_rootfs(config(tmp_path, **{**settings, **change})))

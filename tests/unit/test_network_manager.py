@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
+    from pytest_minidock.runtime import nftables
+
 Net = ipaddress.IPv4Network
 HOST = [(Net("192.0.2.0/24"), "address 192.0.2.2/24 on eth0")]
 BAD_PID = -1
@@ -91,11 +93,11 @@ class FakeKernel:
     def enable_forwarding(self) -> None:
         self.forwarding = True
 
-    def nft(self, script: str) -> None:
+    def nft(self, batch: nftables.Batch) -> None:
         if self.fail_next_nft:
             self.fail_next_nft = False
-            raise NetworkError("nft refused minidock's rules: No such file or directory")
-        self.scripts.append(script)
+            raise NetworkError("nftables refused minidock's rules: No such file or directory")
+        self.scripts.append(batch.script)
 
 
 @pytest.fixture
@@ -135,7 +137,7 @@ def test_create_makes_a_bridge_on_a_free_subnet_and_its_rules(
     )
     second = nets.create("db")
     assert second.subnet == "10.210.1.0/24"
-    state = json.loads((nets.dir / "state.json").read_text())
+    state = nets.state_json()
     assert [n["name"] for n in state["networks"]] == ["web", "db"]
 
 
@@ -195,7 +197,7 @@ def test_a_subnet_of_another_network_or_a_taken_name_is_refused(nets: Networks) 
 
 def test_a_failed_bridge_leaves_no_record(nets: Networks, kernel: FakeKernel) -> None:
     kernel.fail_next_nft = True
-    with pytest.raises(NetworkError, match="nft refused"):
+    with pytest.raises(NetworkError, match="nftables refused"):
         nets.create("web")
     assert kernel.bridges == {}
     assert [n.name for n in nets.list()] == ["host", "none"]
@@ -445,6 +447,68 @@ def test_detach_unpublishes(nets: Networks, kernel: FakeKernel) -> None:
     assert kernel.scripts[-1].startswith("delete element")
 
 
+# -- lease, then connect (a container being started) ---------------------------------------------
+def test_a_lease_records_forwards_and_names_before_any_link(
+    nets: Networks, kernel: FakeKernel, tmp_path: Path
+) -> None:
+    nets.create("app")
+    peer_hosts = hosts_file(tmp_path, "db")
+    nets.attach("app", cid(1), 100, name="db", hosts_file=peer_hosts)
+    made = len(kernel.endpoints)
+    mappings = [PortMapping("tcp", "127.0.0.1", 8080, 80)]
+    lease = nets.lease(
+        "app", cid(2), name="/web", hosts_file=hosts_file(tmp_path, "web"), mappings=mappings
+    )
+    assert len(kernel.endpoints) == made  # no link yet: the process may not even exist
+    assert lease.endpoint.ip == "10.210.0.3"
+    assert lease.endpoint.pid == 0
+    assert lease.mappings == tuple(mappings)
+    assert kernel.scripts[-1] == (
+        f"add element ip {nets.table} dnat_tcp {{ 127.0.0.1 . 8080 : 10.210.0.3 . 80 }}\n"
+    )
+    assert nets.ports(cid(2)) == mappings
+    assert f"10.210.0.3\tweb {cid(2)[:12]}" in peer_hosts.read_text()  # peers know it already
+    a = nets.connect(lease, 200)
+    assert a == lease.attachment() == nets.attachments(cid(2))[0]
+    made_now = kernel.endpoints[a.host_ifname]
+    assert (made_now["pid"], made_now["ip"], made_now["ifname"]) == (200, a.ip, "eth0")
+    nets.detach(cid(2))
+    assert nets.ports(cid(2)) == []
+    assert a.host_ifname not in kernel.links
+
+
+def test_a_lease_makes_the_default_network_on_first_use(nets: Networks) -> None:
+    lease = nets.lease("bridge", cid(1), name="a")
+    assert lease.network.name == "bridge"
+    assert nets.lease("default", cid(2), name="b").network.id == lease.network.id
+
+
+def test_a_lease_on_a_taken_port_records_nothing(nets: Networks, kernel: FakeKernel) -> None:
+    nets.create("app")
+    taken = [PortMapping("tcp", "0.0.0.0", 8080, 80)]
+    nets.lease("app", cid(1), name="a", mappings=taken)
+    with pytest.raises(PortInUse):
+        nets.lease("app", cid(2), name="b", mappings=[PortMapping("tcp", "127.0.0.1", 8080, 80)])
+    assert nets.attachments(cid(2)) == []
+    assert nets.lease("app", cid(3), name="c").endpoint.ip == "10.210.0.3"
+
+
+def test_connect_remakes_a_lost_bridge(nets: Networks, kernel: FakeKernel) -> None:
+    net = nets.create("app")
+    lease = nets.lease("app", cid(1), name="a")
+    kernel.delete_link(net.bridge)  # e.g. someone deleted it meanwhile
+    a = nets.connect(lease, 100)
+    assert kernel.bridges == {net.bridge: ("10.210.0.1", 24)}
+    assert kernel.endpoints[a.host_ifname]["bridge"] == net.bridge
+
+
+def test_connect_to_a_dead_process_is_a_network_error(nets: Networks) -> None:
+    nets.create("app")
+    lease = nets.lease("app", cid(1), name="a")
+    with pytest.raises(NetworkError, match="cannot attach container a to network app"):
+        nets.connect(lease, BAD_PID)
+
+
 # -- clean-up -------------------------------------------------------------------------------------
 def test_cleanup_removes_what_dead_containers_and_sessions_left(
     nets: Networks, kernel: FakeKernel, tmp_path: Path
@@ -487,9 +551,45 @@ def test_destroy_removes_everything(nets: Networks, kernel: FakeKernel) -> None:
 
 def test_a_corrupt_state_file_is_a_clear_error(nets: Networks) -> None:
     nets.dir.mkdir(parents=True)
-    (nets.dir / "state.json").write_text("{not json")
-    with pytest.raises(NetworkError, match=r"state\.json is corrupt"):
+    (nets.dir / "state.json").write_text("{not json")  # as an older version wrote it
+    with pytest.raises(NetworkError, match=r"state in .* is corrupt"):
         nets.list()
+
+
+def test_the_state_is_two_checksummed_copies_written_in_place(nets: Networks) -> None:
+    nets.create("web")
+    nets.create("db")
+    copies = [nets.dir / "state.0", nets.dir / "state.1"]
+    inodes = [p.stat().st_ino for p in copies]
+    nets.create("cache")
+    assert [p.stat().st_ino for p in copies] == inodes  # rewritten in place, never replaced
+    assert [n["name"] for n in nets.state_json()["networks"]] == ["web", "db", "cache"]
+    # a torn latest copy (a crash in the middle of a write) leaves the one before it
+    latest = max(copies, key=lambda p: p.stat().st_mtime_ns)
+    data = bytearray(latest.read_bytes())
+    data[-3] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    assert [n["name"] for n in nets.state_json()["networks"]] == ["web", "db"]
+    nets.create("queue")  # written over the torn copy
+    assert [n["name"] for n in nets.state_json()["networks"]] == ["web", "db", "queue"]
+    for p in copies:
+        p.write_bytes(b"garbage")
+    with pytest.raises(NetworkError, match=r"state\.0 and state\.1 are corrupt"):
+        nets.list()
+
+
+def test_an_older_versions_state_json_is_read_then_replaced(nets: Networks) -> None:
+    nets.create("web")
+    old = nets.dir / "state.json"
+    old.write_text(json.dumps(nets.state_json()))
+    for i in (0, 1):
+        (nets.dir / f"state.{i}").unlink(missing_ok=True)
+    assert [n.name for n in nets.list()] == ["host", "none", "web"]
+    nets.create("db")
+    assert old.read_text().startswith("moved: ")  # an older minidock would fail, loudly
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(old.read_text())
+    assert [n["name"] for n in nets.state_json()["networks"]] == ["web", "db"]
 
 
 # -- parallel processes ---------------------------------------------------------------------------
@@ -528,6 +628,6 @@ def test_parallel_processes_never_share_an_address_or_a_subnet(tmp_path: Path) -
     assert len(set(subnets)) == 20
     for a in subnets:
         assert not ipaddress.IPv4Network(a).overlaps(ipaddress.IPv4Network("10.210.0.0/24"))
-    state = json.loads((tmp_path / "root" / "networks" / "state.json").read_text())
+    state = Networks(tmp_path / "root").state_json()
     shared = next(n for n in state["networks"] if n["name"] == "shared")
     assert sorted(e["ip"] for e in shared["endpoints"]) == sorted(ips)
