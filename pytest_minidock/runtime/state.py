@@ -357,7 +357,12 @@ class StateDir:
             fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                # Unlock, not only close: a process forked meanwhile by another thread holds a
+                # copy of this open file description, and with it the lock, until it execs.
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 

@@ -57,9 +57,15 @@ def _flock(path: Path, mode: int, timeout: float, what: str) -> Iterator[None]:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-        yield
+        try:
+            yield
+        finally:
+            # Unlock explicitly: closing releases the flock only when no other descriptor shares
+            # this open file description, and a child forked meanwhile by another thread (a
+            # container's monitor or PID 1, before its exec) holds a copy of it.
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        os.close(fd)
 
 
 def gc_shared(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> AbstractContextManager[None]:
