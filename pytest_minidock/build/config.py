@@ -15,6 +15,7 @@ import re
 from typing import TYPE_CHECKING
 
 from pytest_minidock._record import replace
+from pytest_minidock.build.rootfs import clean_path
 from pytest_minidock.dockerfile.instructions import (
     Arg,
     Cmd,
@@ -59,24 +60,11 @@ _PORT = r"(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?"  # compiled on first use
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 
-def _clean(path: str) -> str:
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return "/" + "/".join(parts)
-
-
 def join_workdir(current: str, path: str) -> str:
     """``WORKDIR path`` after ``current`` (``""`` is ``/``): absolute, clean."""
     if path.startswith("/"):
-        return _clean(path)
-    return _clean((current or "/") + "/" + path)
+        return clean_path(path)
+    return clean_path((current or "/") + "/" + path)
 
 
 def set_env(env: tuple[str, ...], key: str, value: str) -> tuple[str, ...]:
