@@ -5,7 +5,6 @@ a killed builder), multi-stage builds, ADD, RUN mounts, progress, and errors nam
 from __future__ import annotations
 
 import gzip
-import http.server
 import io
 import json
 import os
@@ -33,6 +32,7 @@ from pytest_minidock.image.model import Healthcheck as ImageHealthcheck
 from pytest_minidock.reference import Reference
 from pytest_minidock.store.layers import layer_from_dir
 from pytest_minidock.store.store import Store
+from tests.support.httpfiles import serve_directory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -465,23 +465,8 @@ def _archive(path: Path) -> None:
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     directory = tmp_path / "www"
     directory.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", directory
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_directory(directory) as base:
+        yield base, directory
 
 
 def test_add_unpacks_local_archives_and_downloads_urls(

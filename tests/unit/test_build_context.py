@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import io
 import os
 import tarfile
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +25,7 @@ from pytest_minidock.build.context import (
 )
 from pytest_minidock.dockerfile.instructions import Location
 from pytest_minidock.errors import BuildError
+from tests.support.httpfiles import serve_directory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -269,23 +268,8 @@ def test_add_unpacks_only_real_archives(tmp_path: Path) -> None:
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     served = tmp_path / "served"
     served.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(served), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_directory(served) as base:
+        yield base, served
 
 
 def test_add_downloads_urls_and_checks_checksums(
