@@ -30,13 +30,13 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._roots import remove_work
 from benchmarks._stats import Timing
 from benchmarks.bench_runtime import make_store
 
@@ -174,8 +174,6 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench_plugin needs root (namespaces, mounts, networks)")
 
-    from pytest_minidock.runtime.network import Networks
-
     work = Path(tempfile.mkdtemp(prefix="minidock-bench-plugin-"))
     CHILD_ENV.update(os.environ)
     CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -195,8 +193,7 @@ def main() -> None:
                 session.run(record=i > 0)
         left = leftovers(root)
     finally:
-        Networks(root).destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
 
     many, empty = sessions["many"], sessions["many-empty"]
     print(f"\n1. {n} tests, each with its own function-scoped busybox httpd (published port)")

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._roots import remove_work
 from benchmarks._stats import Timing
 from benchmarks.bench_runtime import WARMUPS, Other, find_docker, find_podman, make_store
 
@@ -81,7 +81,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from pytest_minidock.api import Engine
-    from pytest_minidock.runtime.network import Networks
     from pytest_minidock.spec import Overrides
 
     work = Path(tempfile.mkdtemp(prefix="minidock-bench-publish-"))
@@ -110,8 +109,7 @@ def main() -> None:
         print(f"target: median <= {TARGET_MS:.0f} ms: {verdict}")
         others(args, work, answer)
     finally:
-        Networks(root).destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
 
 
 def others(args: argparse.Namespace, work: Path, ours: Timing) -> None:

@@ -253,9 +253,8 @@ def enter(idmap: IdMap, syscalls: Syscalls | None = None) -> None:
         from pytest_minidock.runtime._sys import LinuxSyscalls
 
         syscalls = LinuxSyscalls()
-    reason = unavailable_reason()
-
     def refused(exc: OSError) -> PrivilegeError:
+        reason = unavailable_reason()  # read only to explain a refusal
         why = f": {reason}" if reason else ""
         return PrivilegeError(f"cannot create a user namespace ({exc.strerror or exc}){why}")
 
