@@ -235,6 +235,23 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) ->
     return data
 
 
+def _sigkill_once_started(pytester: pytest.Pytester, plugin_root: Path) -> dict[str, int]:
+    """Run the inner pytest until its container started, SIGKILL it; what it reported."""
+    out = pytester.path / "started.json"
+    proc = _pytest_process(pytester, plugin_root, out)
+    try:
+        started = _wait_for(out, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    return started
+
+
 def _gone(pid: int, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while process_exists(pid):
@@ -248,18 +265,7 @@ def test_sigkill_of_pytest_leaves_nothing_running_and_the_next_session_cleans_up
     pytester: pytest.Pytester, plugin_root: Path, engine: Engine
 ) -> None:
     pytester.makepyfile(HANGING)
-    out = pytester.path / "started.json"
-    proc = _pytest_process(pytester, plugin_root, out)
-    try:
-        started = _wait_for(out, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+    started = _sigkill_once_started(pytester, plugin_root)
     assert _gone(started["pid"]), "the container's PID 1 outlived the killed pytest"
     cid = str(started["id"])
     assert not running(engine, cid)
@@ -300,18 +306,7 @@ def test_a_keepable_container_of_a_killed_run_is_removed_by_the_next_session(
     # leaves them running, and the next session removes them since nobody asked to keep them.
     pytester.makeini("[pytest]\nminidock_retention = failed\n")
     pytester.makepyfile(HANGING)
-    out = pytester.path / "started.json"
-    proc = _pytest_process(pytester, plugin_root, out)
-    try:
-        started = _wait_for(out, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+    started = _sigkill_once_started(pytester, plugin_root)
     cid = str(started["id"])
     assert running(engine, cid)
     pytester.makepyfile("def test_next(minidock):\n    pass\n")
