@@ -253,6 +253,7 @@ def enter(idmap: IdMap, syscalls: Syscalls | None = None) -> None:
         from pytest_minidock.runtime._sys import LinuxSyscalls
 
         syscalls = LinuxSyscalls()
+
     def refused(exc: OSError) -> PrivilegeError:
         reason = unavailable_reason()  # read only to explain a refusal
         why = f": {reason}" if reason else ""
