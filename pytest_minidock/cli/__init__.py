@@ -85,14 +85,31 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+_COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("images", "add_image_commands", ("images", "import", "tag", "rmi", "save", "load")),
+    (
+        "containers",
+        "add_container_commands",
+        (
+            *("run", "create", "start", "ps", "exec", "logs", "stop", "kill", "rm", "wait"),
+            *("inspect", "port", "top", "cp", "commit", "volume"),
+        ),
+    ),
+    ("network", "add_network_commands", ("network",)),
+    ("registry", "add_registry_commands", ("pull", "push", "login", "logout")),
+    ("build", "add_build_commands", ("build", "builder")),
+    ("images", "add_system_commands", ("image", "system")),
+)
+"""In help order: the ``pytest_minidock.cli`` module, its function adding subcommands, and the
+subcommands that function adds."""
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The ``minidock`` parser; with ``only``, just that subcommand's parser is built."""
+    """The ``minidock`` parser; with ``only``, just that subcommand's parser is built (and only
+    the module that defines it is imported)."""
+    import importlib
+
     from pytest_minidock import __version__
-    from pytest_minidock.cli.build import add_build_commands
-    from pytest_minidock.cli.containers import add_container_commands
-    from pytest_minidock.cli.images import add_image_commands, add_system_commands
-    from pytest_minidock.cli.network import add_network_commands
-    from pytest_minidock.cli.registry import add_registry_commands
 
     parser = argparse.ArgumentParser(
         prog="minidock",
@@ -109,12 +126,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     real = parser.add_subparsers(dest="command", metavar="COMMAND")
     real.required = True
     sub = _OnlySubparsers(real, only)
-    add_image_commands(sub)
-    add_container_commands(sub)
-    add_network_commands(sub)
-    add_registry_commands(sub)
-    add_build_commands(sub)
-    add_system_commands(sub)
+    chosen = [c for c in _COMMANDS if only in c[2]] or _COMMANDS
+    for module, adder, _names in chosen:
+        getattr(importlib.import_module(f"pytest_minidock.cli.{module}"), adder)(sub)
     return parser
 
 

@@ -162,3 +162,23 @@ def test_a_relative_root_is_made_absolute_once(
     capsys.readouterr()
     assert seen == [str(tmp_path / "rel")]
     assert (tmp_path / "rel" / "oci-layout").is_file()
+
+
+def _subcommands(parser: object) -> dict[str, object]:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_command_table_names_every_subcommand() -> None:
+    """``build_parser(only=...)`` imports only the module the table names for a command, so the
+    table must list exactly the subcommands the modules add, and each alone must parse."""
+    from pytest_minidock.cli import _COMMANDS, build_parser
+
+    every = _subcommands(build_parser())
+    listed = [name for _module, _adder, names in _COMMANDS for name in names]
+    assert sorted(listed) == sorted(every)
+    for name in listed:
+        assert list(_subcommands(build_parser(only=name))) == [name]
