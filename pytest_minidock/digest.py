@@ -6,8 +6,8 @@ value; nothing deeper in the code handles raw ``"sha256:…"`` strings.
 
 from __future__ import annotations
 
-import re
-from typing import IO
+import sys
+from typing import IO, Any
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.errors import DigestMismatch, InvalidDigest
@@ -15,9 +15,46 @@ from pytest_minidock.errors import DigestMismatch, InvalidDigest
 __all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]
 
 _HEX_LEN = {"sha256": 64, "sha512": 128}
-_ALGO_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*$")
 _CHUNK = 1 << 20
-_HEX_RE = re.compile(r"[0-9a-f]+")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_ALGO_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALGO_SEPARATORS = frozenset(".+_-")
+_SMALL = 1 << 16
+"""Below this size, sha256 is computed without importing ``hashlib`` when nothing has yet."""
+
+
+def _is_algorithm(text: str) -> bool:
+    """The OCI grammar ``[a-z0-9]+([+._-][a-z0-9]+)*``, without a regular expression."""
+    if text in _HEX_LEN:
+        return True
+    previous_was_separator = True  # no separator first
+    for c in text:
+        if c in _ALGO_SEPARATORS:
+            if previous_was_separator:
+                return False
+            previous_was_separator = True
+        elif c in _ALGO_CHARS:
+            previous_was_separator = False
+        else:
+            return False
+    return not previous_was_separator
+
+
+def _sha256(data: bytes | bytearray | memoryview) -> Any:
+    """A sha256 object over ``data``. ``hashlib`` loads OpenSSL (~4 ms at import), which a
+    command hashing only a manifest and a config need not pay: CPython's own implementation
+    (``_sha256``, ``_sha2`` from 3.12) is as fast for such small inputs. Once ``hashlib`` is
+    imported, or for larger inputs, OpenSSL's is used."""
+    if len(data) <= _SMALL and "hashlib" not in sys.modules:
+        try:
+            module = __import__("_sha2" if sys.version_info >= (3, 12) else "_sha256")
+        except ImportError:  # a Python built without it
+            pass
+        else:
+            return module.sha256(data)
+    import hashlib
+
+    return hashlib.sha256(data)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -34,7 +71,7 @@ class Digest:
                 f"invalid digest {self.algorithm}:{self.hex}: unsupported algorithm "
                 f"{self.algorithm!r} (use sha256 or sha512)"
             )
-        if len(self.hex) != expected or not _HEX_RE.fullmatch(self.hex):
+        if len(self.hex) != expected or not _HEX_DIGITS.issuperset(self.hex):
             raise InvalidDigest(
                 f"invalid digest {self.algorithm}:{self.hex}: expected {expected} lower-case hex "
                 "characters"
@@ -44,7 +81,7 @@ class Digest:
     def parse(cls, text: str) -> Digest:
         """Parse ``algorithm:hex``; raise ``InvalidDigest`` naming the text otherwise."""
         algorithm, sep, hexpart = text.partition(":")
-        if not sep or not _ALGO_RE.match(algorithm):
+        if not sep or not _is_algorithm(algorithm):
             raise InvalidDigest(f"invalid digest {text!r}: expected 'sha256:<64 hex characters>'")
         return cls(algorithm, hexpart)
 
@@ -63,11 +100,12 @@ class Digest:
 
     def verify(self, data: bytes) -> None:
         """Raise ``DigestMismatch`` unless ``data`` hashes to this digest."""
-        import hashlib  # here, not at the top: it loads OpenSSL (~3 ms) and most users only parse
+        if self.algorithm == "sha256":
+            got = _sha256(data).hexdigest()
+        else:
+            import hashlib  # here, not at the top: it loads OpenSSL (~4 ms)
 
-        h = hashlib.new(self.algorithm)
-        h.update(data)
-        got = h.hexdigest()
+            got = hashlib.new(self.algorithm, data).hexdigest()
         if got != self.hex:
             raise DigestMismatch(f"content hashes to {self.algorithm}:{got}, expected {self}")
 
@@ -104,9 +142,7 @@ class Hasher:
 
 def sha256_bytes(data: bytes) -> Digest:
     """The sha256 ``Digest`` of ``data``."""
-    import hashlib
-
-    return Digest("sha256", hashlib.sha256(data).hexdigest())
+    return Digest("sha256", _sha256(data).hexdigest())
 
 
 def sha256_file(fileobj: IO[bytes]) -> tuple[Digest, int]:

@@ -58,3 +58,42 @@ def test_verify_raises_digest_mismatch() -> None:
     h.update(b"b")
     with pytest.raises(DigestMismatch, match="layer x hashes to"):
         h.verify(d, what="layer x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 16, (1 << 16) + 1])
+def test_sha256_bytes_equals_hashlib_on_both_sides_of_the_small_limit(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small inputs are hashed by CPython's own sha256 while ``hashlib`` is not imported."""
+    import sys
+
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    expected = hashlib.sha256(data).hexdigest()
+    monkeypatch.delitem(sys.modules, "hashlib")
+    assert sha256_bytes(data).hex == expected
+    Digest("sha256", expected).verify(data)
+    with pytest.raises(DigestMismatch):
+        Digest("sha256", expected).verify(data + b"!")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "valid"),
+    [
+        ("sha256", True),
+        ("multihash+base58", True),
+        ("sha256+b64u", True),
+        ("a.b_c-d", True),
+        ("", False),
+        ("-sha", False),
+        ("sha-", False),
+        ("sha--256", False),
+        ("SHA256", False),
+        ("sha256\n", False),
+        ("sha 256", False),
+    ],
+)
+def test_algorithm_grammar(algorithm: str, valid: bool) -> None:
+    """OCI's ``[a-z0-9]+([+._-][a-z0-9]+)*``, checked without a regular expression."""
+    from pytest_minidock.digest import _is_algorithm
+
+    assert _is_algorithm(algorithm) is valid
