@@ -152,3 +152,43 @@ def test_importing_it_does_not_import_dataclasses() -> None:
     code = "import sys, pytest_minidock._record as r; print('dataclasses' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_init_is_compiled_on_first_use_and_then_is_the_class_own() -> None:
+    """``__init__`` is generated at the first instantiation (a command imports many record
+    classes it never makes); afterwards the class holds the generated function itself, with the
+    record's signature and argument errors."""
+    import inspect
+
+    @dataclass(frozen=True, slots=True)
+    class Lazy:
+        a: int
+        b: str = "b"
+
+    stub = Lazy.__dict__["__init__"]
+    assert Lazy(1).b == "b"
+    real = Lazy.__dict__["__init__"]
+    assert real is not stub
+    assert real.__qualname__.endswith("Lazy.__init__")
+    assert list(inspect.signature(Lazy).parameters) == ["a", "b"]
+    stub(Lazy.__new__(Lazy), 2)  # a stale reference to the stub still initialises
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'a'"):
+        Lazy()
+
+
+def test_deferred_init_with_subclasses() -> None:
+    @dataclass
+    class Base:
+        a: int
+
+    class Plain(Base):
+        def __init__(self) -> None:
+            super().__init__(7)
+
+    @dataclass
+    class Child(Base):
+        b: int = 2
+
+    assert Plain().a == 7
+    assert (Child(1).a, Child(1).b) == (1, 2)
+    assert Base(3) == Base(3)
