@@ -182,3 +182,58 @@ def test_command_table_names_every_subcommand() -> None:
     assert sorted(listed) == sorted(every)
     for name in listed:
         assert list(_subcommands(build_parser(only=name))) == [name]
+
+
+def test_console_script_skips_teardown_but_not_output(tmp_path: Path) -> None:
+    """``entry`` leaves with ``os._exit`` when nothing is registered to run at exit: all
+    output is flushed first, even to a pipe, and the status is the command's."""
+    code = (
+        "import sys\n"
+        "from pytest_minidock.cli import entry\n"
+        "sys.argv[1:] = ['--root', sys.argv[1], 'images']\n"
+        "sys.exit(entry())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "root")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("REPOSITORY")
+    bad = subprocess.run(
+        [sys.executable, "-c", code.replace("'images'", "'rmi', 'nothing:here'"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "nothing:here" in bad.stderr
+
+
+def test_exit_keeps_the_interpreter_teardown_when_something_waits_for_it() -> None:
+    import atexit
+    import threading
+
+    from pytest_minidock.cli import _nothing_at_exit
+
+    def noop() -> None:
+        pass
+
+    before = _nothing_at_exit()
+    atexit.register(noop)
+    try:
+        assert _nothing_at_exit() is False
+    finally:
+        atexit.unregister(noop)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        assert _nothing_at_exit() is False
+    finally:
+        stop.set()
+        thread.join()
+    assert _nothing_at_exit() is before
