@@ -246,23 +246,41 @@ class BlobStore:
             if (pid is not None and pid != os.getpid() and not pid_alive(pid)) or (
                 age > STALE_TEMP_SECONDS
             ):
-                remove_tree(entry)
+                try:
+                    remove_tree(entry)
+                except StoreError:
+                    continue  # never read again; the next clean-up tries once more
                 removed += 1
         return removed
 
 
 def remove_tree(path: Path) -> None:
     """Remove a file or a directory tree, also read-only directories a layer made (as root or
-    not); a path that is already gone is fine."""
+    not); a path that is already gone is fine. Raise ``StoreError`` naming what could not be
+    removed: a tree left half-deleted must not pass for removed."""
     import shutil
 
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o700)
+    def onerror(func: Any, p: str, exc_info: Any) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if func in (os.unlink, os.remove, os.rmdir):
+            # a read-only directory (mode 0555 in a layer) refuses removing its entries
+            os.chmod(os.path.dirname(p), 0o700)
             func(p)
+        elif func in (os.open, os.scandir, os.lstat):
+            # a directory we may not list (or enter): open it up, then remove it whole
+            os.chmod(p, 0o700)
+            shutil.rmtree(p, onerror=onerror)
+        else:
+            raise exc
 
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=onerror)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=onerror)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    except OSError as exc:
+        where = exc.filename or path
+        raise StoreError(f"cannot remove {where}: {exc.strerror or exc}") from exc

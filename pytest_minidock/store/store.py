@@ -622,14 +622,29 @@ class Store:
     def _publish_snapshot(self, tmp_snap: Path, diff_id: Digest) -> None:
         final = self.paths.snapshots / diff_id.hex
         with exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"):
-            if final.exists():
+            if _complete(final):
                 return
+            self._discard(final)
             os.replace(tmp_snap, final)
 
+    def _discard(self, snap: Path) -> None:
+        """Take a snapshot directory out of ``snapshots/`` at once (a rename into the temp
+        directory), then delete it: a deletion that fails half-way leaves a temp that the next
+        clean-up retries, never a partial snapshot under its real name."""
+        trash = self.blobs.temp_path("trash")
+        try:
+            os.replace(snap, trash)
+        except FileNotFoundError:
+            return
+        remove_tree(trash)
+
     def snapshot(self, diff_id: Digest, layer: Descriptor | None = None) -> Path:
-        """The unpacked directory of a layer (an overlay lowerdir), unpacking it once if needed."""
+        """The unpacked directory of a layer (an overlay lowerdir), unpacking it once if needed.
+        A snapshot is complete once its ``size`` file is there (written last, before the rename
+        that publishes it); an incomplete one (an older version's interrupted deletion) is
+        discarded and unpacked again."""
         final = self.paths.snapshots / diff_id.hex
-        if (final / "fs").is_dir():
+        if _complete(final):
             return final / "fs"
         from pytest_minidock.store.layers import open_layer
         from pytest_minidock.store.snapshots import extract_layer
@@ -640,8 +655,9 @@ class Store:
             gc_shared(self.paths.gc_lock),
             exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"),
         ):
-            if (final / "fs").is_dir():
+            if _complete(final):
                 return final / "fs"
+            self._discard(final)
             tmp_snap = self.blobs.temp_path("snapshot")
             try:
                 (tmp_snap / "fs").mkdir(parents=True)
@@ -776,7 +792,7 @@ class Store:
                     keep = False
                 if not keep:
                     freed += _dir_size(snap)
-                    remove_tree(snap)
+                    self._discard(snap)
             self.blobs.remove_stale_temps()
             self._remove_stale_index_temps()
         return freed
@@ -835,9 +851,14 @@ class Store:
                 if h != digest:
                     problems.append(f"blob {digest} is corrupt (hashes to {h})")
         for snap in self.paths.snapshots.iterdir():
-            if not (snap / "fs").is_dir():
-                problems.append(f"snapshot {snap} is incomplete (no fs/)")
+            if not _complete(snap):
+                problems.append(f"snapshot {snap} is incomplete (no fs/ or no size)")
         return problems
+
+
+def _complete(snap: Path) -> bool:
+    """Whether ``snap`` is a whole snapshot: ``size`` is written last, before publication."""
+    return (snap / "size").is_file() and (snap / "fs").is_dir()
 
 
 def _drop(entries: list[Descriptor], *, digest: Digest) -> list[Descriptor]:

@@ -25,6 +25,7 @@ from pytest_minidock.reference import Reference
 from pytest_minidock.store.store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 R = Reference.parse
@@ -296,3 +297,126 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match=r"cannot use .* as the minidock store"):
         Store(blocker / "store")
+
+
+def test_an_incomplete_snapshot_is_unpacked_again_not_reused(store: Store) -> None:
+    """A snapshot counts only with its ``size`` file (written last, before publication): one an
+    interrupted deletion left under its real name is discarded and unpacked afresh."""
+    image = _import(store, _tar({"d/keep": b"keep", "d/other": b"other"}), "half:1")
+    diff_id = store.resolve("half:1").diff_ids[0]
+    fs = store.snapshot(diff_id)
+    snap = fs.parent
+    (snap / "size").unlink()  # as an older version's half-done deletion left it
+    (fs / "d" / "keep").unlink()
+    assert any("incomplete" in p for p in store.check())
+    again = store.snapshot(diff_id)
+    assert (again / "d" / "keep").read_bytes() == b"keep"
+    assert (snap / "size").is_file()
+    assert store.check() == []
+    assert image == store.resolve("half:1").id
+
+
+def test_gc_takes_a_snapshot_out_of_snapshots_before_deleting_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion that fails half-way leaves a temp (retried later), never a partial snapshot
+    under its real name, and the failure is reported."""
+    import pytest_minidock.store.store as store_module
+
+    _import(store, _tar({"f": b"gone soon"}), "gone:1")
+    diff_id = store.resolve("gone:1").diff_ids[0]
+    snap = store.snapshot(diff_id).parent
+
+    def failing(path: Path) -> None:
+        raise StoreError(f"cannot remove {path}: Permission denied")
+
+    monkeypatch.setattr(store_module, "remove_tree", failing)
+    with pytest.raises(StoreError, match="cannot remove"):
+        store.remove("gone:1")  # drops the image, then collects its snapshot
+    assert not snap.exists()
+    assert [p.name.split("-")[0] for p in store.blobs.tmp_dir.iterdir()] == ["trash"]
+    monkeypatch.undo()
+    store.blobs.remove_stale_temps(now=float("inf"))
+    assert list(store.blobs.tmp_dir.iterdir()) == []
+
+
+def _as_unprivileged(tree: Path, fn: Callable[[], None]) -> tuple[int, str]:
+    """Run ``fn`` in a child as an ordinary user owning ``tree`` (nobody, when we are root;
+    as ourselves otherwise); return its exit status and what it wrote."""
+    import sys
+
+    if os.geteuid() == 0:
+        for dirpath, dirnames, filenames in os.walk(tree):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+                os.lchown(name, 65534, 65534)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        status = 0
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            fn()
+        except BaseException as exc:
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            status = 1
+        sys.stdout.flush()
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_remove_tree_removes_read_only_and_unlistable_directories_as_a_user() -> None:
+    """Layers hold directories mode 0555 (or 0000); an ordinary user's store must still delete
+    them (root's permissions hide this)."""
+    import tempfile
+    from pathlib import Path
+
+    from pytest_minidock.store.blobs import remove_tree
+
+    base = Path(tempfile.mkdtemp(prefix="minidock-rmtree-", dir="/tmp"))
+    tree = base / "snap"
+    (tree / "ro" / "inner").mkdir(parents=True)
+    (tree / "ro" / "inner" / "f").write_text("x")
+    (tree / "ro" / "g").write_text("y")
+    (tree / "closed").mkdir()
+    (tree / "closed" / "h").write_text("z")
+    (tree / "ro" / "inner").chmod(0o555)
+    (tree / "ro").chmod(0o555)
+    (tree / "closed").chmod(0o000)
+    try:
+        code, out = _as_unprivileged(base, lambda: remove_tree(tree))
+        assert (code, out) == (0, "")
+        assert not tree.exists()
+    finally:
+        remove_tree(base)
+
+
+@pytest.mark.privileged
+def test_remove_tree_reports_what_it_cannot_remove() -> None:
+    """Not ours to change (a directory of another owner): a ``StoreError`` naming the path,
+    not a half-removed tree that passes for removed."""
+    import tempfile
+    from pathlib import Path
+
+    from pytest_minidock.store.blobs import remove_tree
+
+    base = Path(tempfile.mkdtemp(prefix="minidock-rmtree-", dir="/tmp"))
+    tree = base / "snap"
+    (tree / "theirs").mkdir(parents=True)
+    (tree / "theirs" / "f").write_text("x")
+    try:
+        os.chmod(base, 0o755)
+        code, out = _as_unprivileged(tree / "mine-only", lambda: remove_tree(tree))
+        assert code == 1
+        assert out.startswith("StoreError: cannot remove ")
+        assert str(tree) in out
+        assert (tree / "theirs" / "f").exists()
+    finally:
+        remove_tree(base)
