@@ -115,6 +115,10 @@ class _StageResult:
     chain: Digest
     base_id: Digest | None = None
     changed: bool = True
+    fresh: bool = False
+    """A step of it (or of a stage it builds on) ran in this build: its config holds a new
+    creation time, so no image in the store can be it (unless ``SOURCE_DATE_EPOCH`` sets
+    every time)."""
 
 
 def _short(text: str) -> str:
@@ -451,10 +455,12 @@ class _Build:
         platform = platform or self.platform
         dep = None if base.isdigit() else self._earlier(base, stage.index)
         base_id: Digest | None = None
+        fresh = False
         if dep is not None:
             parent = self.stage_result(dep)
             config, layers = parent.config, parent.layers
             start = base_key(str(parent.chain), platform)
+            fresh = parent.fresh
         elif base.lower() == "scratch":
             os_name, _, arch = platform.partition("/")
             arch, _, variant = arch.partition("/")
@@ -483,7 +489,7 @@ class _Build:
         for index, step in enumerate(expanded.steps, 1):
             if self.cancel.is_set():
                 raise self.failure or BuildError("build cancelled: another stage failed")
-            self._step(
+            cached = self._step(
                 stage=stage,
                 index=index,
                 total=total,
@@ -492,6 +498,7 @@ class _Build:
                 step=step,
                 state=state,
             )
+            fresh = fresh or not cached
         return _StageResult(
             stage,
             state.config,
@@ -499,6 +506,7 @@ class _Build:
             state.chain,
             base_id,
             changed=total > 0 or bool(triggers),
+            fresh=fresh,
         )
 
     def _triggers(self, config: ImageConfig, stage: Stage) -> tuple[Instruction, ...]:
@@ -533,7 +541,8 @@ class _Build:
         original: Instruction,
         step: Any,
         state: State,
-    ) -> None:
+    ) -> bool:
+        """Look the step up, run it on a miss; whether it came from the cache."""
         name = f"[{stage.display_name} {index}/{total}] {_short(original.location.text)}"
         number = self.next_number()
         started = time.monotonic()
@@ -591,6 +600,7 @@ class _Build:
                     entry.layer is not None,
                 )
             )
+        return cached
 
     def _lookup(self, key: Digest) -> CacheEntry | None:
         entry = self.cache.get(key)
@@ -726,9 +736,10 @@ class _Build:
 
             config = replace(config, created=now_rfc3339())
         layers = [layer.descriptor for layer in result.layers]
-        existing = self._existing(config, layers, tags)
-        if existing is not None:
-            return existing
+        if not result.fresh or os.environ.get("SOURCE_DATE_EPOCH"):
+            existing = self._existing(config, layers, tags)
+            if existing is not None:
+                return existing
         return self.store.commit_layers(config, layers, list(tags))
 
     def _existing(

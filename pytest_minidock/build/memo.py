@@ -24,25 +24,28 @@ A memo is not written when a path it rests on changed in the clock tick the buil
 (git's "racily clean" rule, as the stat cache), nor for builds that read what no signature covers
 (``ADD`` of a URL), nor for ``--no-cache``, ``--pull`` or a Dockerfile from stdin.
 
-This module is imported before anything else of a build: it uses ``os``, ``json`` and ``zlib``
-(the memo's file name is the CRC-32 of its key; the key itself is checked inside).
+This module is imported before anything else of a build, so it imports only what the
+interpreter has loaded at start (``os``, ``marshal``): not even ``typing``. A memo is a
+``marshal`` dump of plain values (it is read by the interpreter that wrote it: its key names the
+package version, and a memo another Python cannot read is a miss); its file name is a 64-bit
+FNV-1a hash of its key, and the key itself is checked inside.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import marshal
 import os
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, TypeAlias
 
 __all__ = ["Signature", "check", "forget", "memo_key", "signature", "write"]
 
-VERSION = 1
+VERSION = 2
 _NAME = "io.containerd.image.name"  # the index annotation naming an image (``image.model``)
-Signature = tuple[int, int, int, int, int, int]
+Signature: TypeAlias = "tuple[int, int, int, int, int, int]"
 """``(st_mode, st_ino, st_dev, st_size, st_mtime_ns, st_ctime_ns)`` of an ``lstat``."""
 
 
@@ -59,23 +62,34 @@ def _lstat(path: str, follow: bool = False) -> Signature | None:
 
 
 def memo_key(**request: Any) -> str:
-    """The key of a build request (JSON-able values: paths absolute, build args a dict)."""
-    return json.dumps([VERSION, request], sort_keys=True, separators=(",", ":"))
+    """The key of a build request (plain values: str, int, bool, None, lists and dicts of
+    them; paths absolute, build args a dict), the same for the same request in any process."""
+    return repr([VERSION, _canonical(request)])
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with every dict turned into its items, sorted by key (``repr`` of it is then
+    canonical: the same values give the same text, whatever their order of insertion)."""
+    if isinstance(value, dict):
+        return [(str(k), _canonical(v)) for k, v in sorted(value.items())]
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _memo_path(root: str, key: str) -> str:
-    import zlib  # here: the builder imports this module too (for ``signature``)
-
-    name = f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
-    return os.path.join(root, "buildcache", "memo", f"{name}.json")
+    h = 0xCBF29CE484222325  # 64-bit FNV-1a: no import (zlib's CRC-32 would cost one)
+    for byte in key.encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return os.path.join(root, "buildcache", "memo", f"{h:016x}.memo")
 
 
 def check(root: str, key: str) -> dict[str, Any] | None:
     """The memo of ``key`` if everything it rests on is unchanged, else None."""
     try:
         with open(_memo_path(root, key), "rb") as f:
-            memo = json.loads(f.read())
-    except (OSError, ValueError):
+            memo = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
         return None
     try:
         if memo["version"] != VERSION or memo["key"] != key:
@@ -85,14 +99,13 @@ def check(root: str, key: str) -> dict[str, Any] | None:
             return None
         for follow, field in ((False, "paths"), (True, "followed")):
             for path, sig in memo[field]:
-                now = _lstat(path, follow)
-                if (None if now is None else list(now)) != sig:
+                if _lstat(path, follow) != sig:
                     return None
         for path in memo["required"]:
             if not os.path.exists(path):
                 return None
         if not isinstance(memo["image"], str) or not all(
-            [type(x) for x in e] == [str, int, str, str] for e in memo["events"]
+            tuple(type(x) for x in e) == (str, int, str, str) for e in memo["events"]
         ):
             return None
     except (KeyError, TypeError, ValueError):
@@ -100,12 +113,12 @@ def check(root: str, key: str) -> dict[str, Any] | None:
     return dict(memo)
 
 
-def _index_signature(path: str) -> list[int] | None:
+def _index_signature(path: str) -> tuple[int, int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def write(
@@ -131,6 +144,8 @@ def write(
     for sig in (*paths.values(), *followed.values()):
         if sig is not None and max(sig[4], sig[5]) >= started_ns:
             return False
+    import json  # a build ran: the store has imported it already
+
     before = _index_signature(index)
     try:
         with open(index, "rb") as f:
@@ -150,28 +165,35 @@ def write(
         "version": VERSION,
         "key": key,
         "image": image,
-        "index": [index, before],
+        "index": (index, before),
         "paths": _listed(paths),
         "followed": _listed(followed),
         "required": sorted(set(required)),
-        "events": [list(e) for e in events],
+        "events": [tuple(e) for e in events],
     }
     target = _memo_path(root, key)
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(json.dumps(memo, separators=(",", ":")))
+        with open(tmp, "wb") as f:
+            f.write(marshal.dumps(memo))
         os.replace(tmp, target)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _unlink(tmp)
         return False
     return True
 
 
-def _listed(paths: Mapping[str, Signature | None]) -> list[list[Any]]:
-    return sorted([path, None if sig is None else list(sig)] for path, sig in paths.items())
+def _listed(paths: Mapping[str, Signature | None]) -> list[tuple[str, Signature | None]]:
+    return sorted(paths.items(), key=lambda item: item[0])
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def forget(root: str) -> int:
@@ -183,7 +205,5 @@ def forget(root: str) -> int:
     except OSError:
         return 0
     for name in names:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
-            count += 1
+        count += _unlink(os.path.join(directory, name))
     return count

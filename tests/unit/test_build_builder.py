@@ -278,6 +278,25 @@ def test_no_cache_runs_every_step(store: Store, ctx: Path) -> None:
     assert not any(s.cached for s in again.steps)
 
 
+def test_a_rebuild_that_ran_steps_writes_its_image_unless_times_are_pinned(
+    store: Store, ctx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tags = (Reference.parse("app:1"),)
+    index = store.paths.index
+    first = build(store, ctx, FULL, tags=tags, no_cache=True)
+    before = index.stat().st_ino
+    again = build(store, ctx, FULL, tags=tags, no_cache=True)
+    assert again.id != first.id  # new creation times: a new image, the tag moved to it
+    assert index.stat().st_ino != before
+    assert store.resolve("app:1").id == again.id
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    pinned = build(store, ctx, FULL, tags=tags, no_cache=True)
+    before = index.stat().st_ino
+    same = build(store, ctx, FULL, tags=tags, no_cache=True)
+    assert same.id == pinned.id  # every time pinned: the very image the store holds
+    assert index.stat().st_ino == before  # found, not written again
+
+
 def test_build_args_count_where_docker_counts_them(store: Store, ctx: Path) -> None:
     dockerfile = """\
         FROM base:1

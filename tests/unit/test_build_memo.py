@@ -4,7 +4,10 @@ Dockerfile, an ignore file, a listed directory, the store's names, the cache ent
 
 from __future__ import annotations
 
+import gc
 import os
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -185,4 +188,84 @@ def test_a_dockerfile_read_through_a_symlink_is_followed(
     assert built == ["build"]
     real.write_text("FROM base:1\nENV A=2\n")  # the link itself is unchanged
     assert _build(root, ctx, capsys) != first
+    assert built == ["build", "build"]
+
+
+def test_the_memo_key_is_the_same_for_the_same_request_in_any_order() -> None:
+    one = memo.memo_key(context="/c", build_args={"A": "1", "B": "2"}, tags=["x:1", "y:1"])
+    two = memo.memo_key(tags=["x:1", "y:1"], build_args={"B": "2", "A": "1"}, context="/c")
+    assert one == two
+    assert memo.memo_key(context="/c", tags=["y:1", "x:1"], build_args={"A": "1", "B": "2"}) != one
+    assert memo.memo_key(context="/c", build_args={"A": "1", "B": "3"}, tags=["x:1", "y:1"]) != one
+
+
+def test_an_unreadable_memo_is_a_miss(tmp_path: Path) -> None:
+    key = memo.memo_key(context="/x")
+    assert (
+        memo.write(
+            str(tmp_path),
+            key,
+            image="sha256:2",
+            index=str(tmp_path / "missing-index.json"),
+            paths={},
+            followed={},
+            required=[],
+            started_ns=time.time_ns(),
+            names={},
+            events=[],
+        )
+        is False
+    )  # no index to check the names against: not trusted, not written
+    directory = tmp_path / "buildcache" / "memo"
+    (tmp_path / "index.json").write_text('{"manifests": []}')
+    assert memo.write(
+        str(tmp_path),
+        key,
+        image="sha256:2",
+        index=str(tmp_path / "index.json"),
+        paths={},
+        followed={},
+        required=[],
+        started_ns=time.time_ns() + 10**9,
+        names={},
+        events=[("info", 1, "exporting to image", "writing image sha256:2")],
+    )
+    assert memo.check(str(tmp_path), key) is not None
+    (written,) = directory.iterdir()
+    for garbage in (b"", b"not a memo", written.read_bytes()[:-3]):
+        written.write_bytes(garbage)
+        assert memo.check(str(tmp_path), key) is None
+
+
+def test_the_memo_path_imports_nothing_the_cli_has_not() -> None:
+    """``minidock build`` answers from a memo before importing the builder; the modules on
+    that path add nothing else to a process (no json, zlib, typing...) but built-in ones."""
+    code = (
+        "import sys, pytest_minidock.cli; before = set(sys.modules); "
+        "import pytest_minidock.cli.build, pytest_minidock.build.memo; "
+        "print(*sorted(set(sys.modules) - before - set(sys.builtin_module_names)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == [
+        "pytest_minidock.build",
+        "pytest_minidock.build.memo",
+        "pytest_minidock.cli.build",
+    ]
+
+
+def test_a_build_leaves_the_garbage_collector_as_it_found_it(
+    setup: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, ctx, built = setup
+    assert gc.isenabled()
+    _build(root, ctx, capsys, "--no-cache")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _build(root, ctx, capsys, "--no-cache")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
     assert built == ["build", "build"]
