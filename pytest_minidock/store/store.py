@@ -57,11 +57,13 @@ _CHUNK = 1 << 20
 
 def now_rfc3339() -> str:
     """The creation time docker writes: ``SOURCE_DATE_EPOCH`` if set, else now (UTC)."""
-    from datetime import UTC, datetime  # only writers of images need it
+    import time  # not datetime: its import is ~4 ms of every build
 
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    ts = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if not epoch else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if epoch:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
+    seconds, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micro:06d}Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,3 +420,29 @@ def test_remove_tree_reports_what_it_cannot_remove() -> None:
         assert (tree / "theirs" / "f").exists()
     finally:
         remove_tree(base)
+
+
+@pytest.mark.parametrize("epoch", ["0", "1700000000", "-86400", "4102444800"])
+def test_creation_time_honours_source_date_epoch(
+    epoch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from pytest_minidock.store.store import now_rfc3339
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    expected = datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert now_rfc3339() == expected
+
+
+def test_creation_time_is_now_with_microseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from pytest_minidock.store.store import now_rfc3339
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    before = datetime.now(UTC)
+    text = now_rfc3339()
+    after = datetime.now(UTC)
+    assert len(text) == len("2026-01-01T00:00:00.000000Z")
+    assert before <= datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z") <= after
