@@ -32,6 +32,18 @@ def _engine(args: argparse.Namespace) -> Engine:
     return Engine(args.root, launcher=False)
 
 
+def _require_root(command: str) -> None:
+    """Starting processes in containers needs root until rootless mode (issue 8) is there: say
+    so in one line instead of failing on the first namespace with a bare errno."""
+    if os.geteuid() != 0:
+        from pytest_minidock.errors import PrivilegeError
+
+        raise PrivilegeError(
+            f"minidock {command} needs root for now (rootless mode is not there yet): run it as "
+            "root, e.g. 'sudo minidock ...'; images, ps, logs and inspect work for any user"
+        )
+
+
 def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
     from pytest_minidock.spec import Overrides, parse_env, parse_labels
 
@@ -87,6 +99,7 @@ def _raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _require_root("run")
     engine = _engine(args)
     record = _create(engine, args, detached=args.detach)
     if args.detach:
@@ -141,6 +154,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    _require_root("start")
     engine = _engine(args)
     if args.attach:  # docker attaches to the first container only
         record = engine.container(args.containers[0])
@@ -224,6 +238,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from pytest_minidock.runtime.container import Stdio
     from pytest_minidock.spec import parse_env
 
+    _require_root("exec")
     engine = _engine(args)
     stdio = Stdio(stdin=0 if args.interactive else None, stdout=1, stderr=2, tty=args.tty)
     with _raw_terminal(0, args.tty and args.interactive):

@@ -237,3 +237,26 @@ def test_exit_keeps_the_interpreter_teardown_when_something_waits_for_it() -> No
         stop.set()
         thread.join()
     assert _nothing_at_exit() is before
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["run", "busybox", "true"], 125), (["exec", "web", "true"], 126), (["start", "web"], 1)],
+)
+def test_starting_processes_as_an_ordinary_user_is_one_clear_line(
+    args: list[str],
+    code: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until rootless mode, ``run``/``start``/``exec`` as a user say what to do (docker's
+    exit codes), instead of a bare errno from the first namespace."""
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    status, out, err = run(capsys, tmp_path, *args)
+    assert status == code
+    assert err.startswith(f"Error: minidock {args[0]} needs root for now")
+    assert err.count("\n") == 1
+    assert out == ""
