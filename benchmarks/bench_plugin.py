@@ -1,6 +1,8 @@
 """The pytest plugin's cost: function-scoped containers per test, and one session container.
 
-Run (as root): ``.venv/bin/python -m benchmarks.bench_plugin [--runs 5] [--tests 100]``. It makes
+Run (as root): ``.venv/bin/python -m benchmarks.bench_plugin [--runs 5] [--tests 100] [--part 2]``
+(``--part``: only that part, 1 or 2; both by default; ``--baseline DIR``: part 2 also for the
+checkout in DIR, e.g. ``git archive HEAD | tar -x -C DIR``, interleaved with this one). It makes
 a store holding ``busybox`` (offline, from Debian's busybox-static) and a throw-away test project,
 then runs pytest on it as a subprocess (``-p no:cacheprovider``, bytecode cached in a private
 ``PYTHONPYCACHEPREFIX``), alternating the sessions below ``--runs`` times (after one warm-up each):
@@ -107,10 +109,12 @@ def project(base: Path, name: str, scope: str, tests: int, containers: bool) -> 
 class Session:
     """One pytest subprocess run over a project: wall time and what it printed."""
 
-    def __init__(self, path: Path, root: Path, tests: int) -> None:
+    def __init__(self, path: Path, root: Path, tests: int, pythonpath: str = "") -> None:
         self.path = path
         self.root = root
         self.tests = tests
+        self.pythonpath = pythonpath
+        """A checkout to run instead of this one (``--baseline``)."""
         self.walls: list[float] = []
         self.cpus: list[float] = []
         self.setups: list[float] = []
@@ -133,6 +137,8 @@ class Session:
         ]
         phases = self.path / "phases.json"
         env = {**CHILD_ENV, "BENCH_PHASES": str(phases)}
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
         before = _children_cpu()
         t0 = time.perf_counter()
         done = subprocess.run(
@@ -170,6 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tests", type=int, default=100)
+    parser.add_argument("--part", type=int, choices=(1, 2), default=None, help="only this part")
+    parser.add_argument("--baseline", type=Path, default=None, help="part 2 for this checkout too")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_plugin needs root (namespaces, mounts, networks)")
@@ -180,12 +188,17 @@ def main() -> None:
     CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     root, _ = make_store(work)
     n = args.tests
-    sessions = {
-        "many": Session(project(work, "many", "function", n, True), root, n),
-        "many-empty": Session(project(work, "many-empty", "function", n, False), root, n),
-        "one": Session(project(work, "one", "session", 1, True), root, 1),
-        "one-empty": Session(project(work, "one-empty", "session", 1, False), root, 1),
-    }
+    sessions: dict[str, Session] = {}
+    if args.part in (None, 1):
+        sessions["many"] = Session(project(work, "many", "function", n, True), root, n)
+        sessions["many-empty"] = Session(project(work, "many-empty", "function", n, False), root, n)
+    if args.part in (None, 2):
+        sessions["one"] = Session(project(work, "one", "session", 1, True), root, 1)
+        sessions["one-empty"] = Session(project(work, "one-empty", "session", 1, False), root, 1)
+        if args.baseline is not None:
+            base = str(args.baseline.resolve())
+            sessions["one-base"] = Session(sessions["one"].path, root, 1, base)
+            sessions["one-empty-base"] = Session(sessions["one-empty"].path, root, 1, base)
     print(f"store: {root}   runs: {args.runs} (+1 warm-up)   tests: {n}   cores: {os.cpu_count()}")
     try:
         for i in range(args.runs + 1):
@@ -195,7 +208,19 @@ def main() -> None:
     finally:
         remove_work(work)
 
-    many, empty = sessions["many"], sessions["many-empty"]
+    if args.part in (None, 1):
+        _report_many(sessions["many"], sessions["many-empty"], n)
+    if args.part in (None, 2):
+        mine = _report_one(sessions["one"], sessions["one-empty"])
+        if args.baseline is not None:
+            print(f"\n   the same for the baseline {args.baseline}")
+            base = _report_one(sessions["one-base"], sessions["one-empty-base"])
+            print(f"   overhead p50: {mine * 1000:.0f} ms, baseline {base * 1000:.0f} ms")
+    if left:
+        print(f"!! containers left in the store after the runs: {', '.join(left)}")
+
+
+def _report_many(many: Session, empty: Session, n: int) -> None:
     print(f"\n1. {n} tests, each with its own function-scoped busybox httpd (published port)")
     print(Timing(f"session, {n} containers", tuple(many.walls)).line("s"))
     print(Timing(f"session, {n} tests, no containers", tuple(empty.walls)).line("s"))
@@ -214,7 +239,9 @@ def main() -> None:
     verdict = "met" if cost.median * 1000 <= TARGET_PER_TEST_MS else "NOT met"
     print(f"target: per test <= {TARGET_PER_TEST_MS:.0f} ms at p50: {verdict}")
 
-    one, none = sessions["one"], sessions["one-empty"]
+
+def _report_one(one: Session, none: Session) -> float:
+    """Print part 2; the median overhead in seconds."""
     print("\n2. one session container (cached image) on an otherwise empty session")
     print(Timing("session, 1 test + session container", tuple(one.walls)).line())
     print(Timing("session, 1 test, no container", tuple(none.walls)).line())
@@ -226,8 +253,7 @@ def main() -> None:
     print(Timing("  CPU (difference)", cpu).line())
     verdict = "met" if overhead.median * 1000 <= TARGET_SESSION_MS else "NOT met"
     print(f"target: overhead <= {TARGET_SESSION_MS:.0f} ms at p50: {verdict}")
-    if left:
-        print(f"!! containers left in the store after the runs: {', '.join(left)}")
+    return overhead.median
 
 
 if __name__ == "__main__":

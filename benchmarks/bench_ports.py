@@ -17,9 +17,11 @@ Run (as root): ``.venv/bin/python -m benchmarks.bench_ports [--runs 30] [--mb 10
    runtime does while PID 1 is being made) and ``connect`` (the veth pair, once PID 1 has its
    netns), and, end to end, attach + publish, and lease + connect, to the first HTTP response of
    a busybox ``httpd`` already running in the netns;
-3. the one-off cost of importing ``runtime.network`` (no pyroute2: the hot paths encode their
-   netlink messages by hand) and of importing pyroute2 (paid by making a network or cleaning up)
-   in a fresh process.
+3. the one-off costs: importing ``runtime.network`` in a fresh process (no pyroute2: messages are
+   encoded and dumps decoded by hand), reading what choosing a subnet and an MTU needs (the
+   host's links, addresses and routes: ``LinuxKernel.occupied`` + ``uplink_mtu``, every session
+   that makes a network), and, for comparison, importing pyroute2 in a fresh process (what
+   decoding those dumps with its message classes cost each such process before: ~a fifth of it).
 
 Every process the benchmark starts is killed by its PID; the network and its rules are removed.
 """
@@ -316,7 +318,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"bench_ports needs {tool} on PATH")
 
-    from pytest_minidock.runtime.network import Networks
+    from pytest_minidock.runtime.network import LinuxKernel, Networks
 
     work = Path(tempfile.mkdtemp(prefix="minidock-bench-ports-"))
     www = work / "www"
@@ -336,8 +338,14 @@ def main() -> None:
         for t in bench_latency(nets, children, args.runs, www):
             print(t.line())
         print("\n== 3. one-off")
-        for module in ("pytest_minidock.runtime.network", "pyroute2"):
-            print(f"import {module} in a fresh process: {import_ms(module):.0f} ms (median of 5)")
+        ms = import_ms("pytest_minidock.runtime.network")
+        print(f"import runtime.network in a fresh process: {ms:.0f} ms (median of 5)")
+        kernel = LinuxKernel()
+        dumps = measure(
+            "occupied() + uplink_mtu()", lambda: (kernel.occupied(), kernel.uplink_mtu()), args.runs
+        )
+        print(dumps.line())
+        print(f"for comparison, import pyroute2 in a fresh process: {import_ms('pyroute2'):.0f} ms")
     finally:
         children.stop()
         nets.destroy()

@@ -10,7 +10,6 @@ Disable the plugin with ``-p no:minidock``.
 from __future__ import annotations
 
 import os
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -28,6 +27,8 @@ RUN = pytest.StashKey[str]()
 """This run's ID (the xdist controller's, sent to the workers)."""
 WORKER_STATS = pytest.StashKey[list[dict[str, Any]]]()
 """What the xdist workers reported for the terminal summary."""
+EXPECTED = pytest.StashKey["int | None"]()
+"""How many containers the collected tests will start (None: cannot tell), once collected."""
 
 PULL_POLICIES = ("missing", "always", "never")
 RETENTIONS = ("none", "failed", "all")
@@ -104,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"ini {key} = {value!r}: use one of {', '.join(allowed)}")
     _timeout(config)
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
-    config.stash[RUN] = str(workerinput.get("minidock_run") or secrets.token_hex(3))
+    config.stash[RUN] = str(workerinput.get("minidock_run") or os.urandom(3).hex())
     config.stash[WORKER_STATS] = []
 
 
@@ -144,7 +145,10 @@ def _timeout(config: pytest.Config) -> float:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Say at once what the machine lacks, if the collected tests use containers."""
+    """Say at once what the machine lacks, if the collected tests use containers; if they can
+    run, count the containers they will start and, if that is enough to be worth the runtime's
+    launcher, start it now, so that its start-up overlaps the first tests' set-up (see
+    ``fixtures.session.warm_launcher``)."""
     if not session.items:
         return
     # every container() and build() fixture, and ``minidock``, depend on minidock_session
@@ -159,6 +163,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(
             f"{reason}\n{len(users)} collected test(s) use containers, the first: {users[0].nodeid}"
         )
+    config = session.config
+    if reason is None and not custom_engine and not config.option.collectonly:
+        expected = state.expected_containers(users)
+        config.stash[EXPECTED] = expected
+        if expected is None or expected >= state.LAUNCHER_MIN_CONTAINERS:
+            state.warm_launcher(
+                keep=bool(config.getoption("minidock_keep")),
+                retention=str(config.getini("minidock_retention")),
+            )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -219,7 +232,7 @@ def minidock_session(pytestconfig: pytest.Config) -> Iterator[MinidockSession]:
 
     Name: ``minidock_session`` · Scope: session · Depends: nothing. Every ``container()`` and
     ``build()`` fixture depends on it. At teardown (after theirs) it removes the session network
-    unless a kept container is on it.
+    unless a kept container is on it (in the background: pytest waits for that as it exits).
     """
     from pytest_minidock.fixtures import MinidockSession
 
@@ -237,12 +250,14 @@ def minidock_session(pytestconfig: pytest.Config) -> Iterator[MinidockSession]:
         pull=str(config.getoption("minidock_pull") or config.getini("minidock_pull")),
         no_cache=bool(config.getoption("minidock_no_cache")),
         timeout=_timeout(config),
+        expected=config.stash.get(EXPECTED, None),
     )
     config.stash[SESSION] = ms
     try:
         yield ms
     finally:
-        ms.close()
+        config.add_cleanup(ms.join)  # the networks go while pytest ends its session
+        ms.close(background=True)
 
 
 @pytest.fixture(scope="session")

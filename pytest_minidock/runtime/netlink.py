@@ -1,18 +1,20 @@
 """Netlink by hand: attributes, message framing and a socket that sends batches and collects
-their acknowledgements. The few messages the hot paths send (veths, addresses, routes, nf_tables
-batches) are encoded here with ``struct`` in microseconds; pyroute2 (imported by ``network``
-only, for the rarer dumps) costs 0.05-1.4 ms per message and 100-300 ms to import.
+their acknowledgements. The messages minidock sends (links, addresses, routes, nf_tables batches)
+are encoded here with ``struct`` in microseconds, and the few fields it reads back from dumps
+(links, addresses, routes) are decoded with ``attributes``; pyroute2 costs 0.05-1.4 ms per
+message and 50-300 ms to import, so the library no longer imports it (the tests use it as the
+reference decoder the hand-made one must agree with).
 
 Nothing here is privileged by itself: the kernel checks CAP_NET_ADMIN when a request arrives.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import itertools
 import os
 import select
-import socket
 import struct
 from typing import TYPE_CHECKING, Final
 
@@ -31,6 +33,7 @@ __all__ = [
     "attr_be32",
     "attr_str",
     "attr_u32",
+    "attributes",
     "chunks",
     "error_of",
     "message",
@@ -44,11 +47,13 @@ NLM_F_EXCL: Final = 0x200
 NLM_F_CREATE: Final = 0x400
 NLM_F_APPEND: Final = 0x800
 NLA_F_NESTED: Final = 0x8000
+_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
 _SOL_NETLINK: Final = 270
 _NETLINK_CAP_ACK: Final = 10  # acknowledgements without a copy of the request
 _HEADER: Final = struct.Struct("=IHHII")
+_ATTR: Final = struct.Struct("=HH")
 _RECV: Final = 1 << 18
 
 
@@ -82,6 +87,20 @@ def message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HEADER.pack(16 + len(body), mtype, flags, seq, 0) + _pad(body)
 
 
+def attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    """The attributes in ``data`` (one message) from ``offset`` on, as {type: payload}; the
+    flag bits are cleared from the types, and of a type that repeats the first one is kept."""
+    out: dict[int, bytes] = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = _ATTR.unpack_from(data, offset)
+        if length < 4 or offset + length > end:
+            break
+        out.setdefault(kind & _NLA_TYPE_MASK, data[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
 def chunks(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(type, sequence number, message) of each netlink message in ``buf``."""
     off = 0
@@ -107,8 +126,10 @@ class Socket:
     """
 
     def __init__(self, protocol: int, groups: int = 0) -> None:
-        self.sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol
+        # the C module's socket: ``socket``'s import (selectors, enum classes; ~3-6 ms) would
+        # cost every process that attaches a container, for nothing used here
+        self.sock = _socket.socket(
+            _socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol
         )
         try:
             self.sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
@@ -142,7 +163,7 @@ class Socket:
         """What the kernel sent next (``OSError`` ETIMEDOUT after ``timeout`` seconds)."""
         while True:
             try:
-                return self.sock.recv(_RECV, socket.MSG_DONTWAIT)
+                return self.sock.recv(_RECV, _socket.MSG_DONTWAIT)
             except BlockingIOError:
                 ready, _, _ = select.select([self.sock], [], [], timeout)
                 if not ready:
@@ -162,7 +183,7 @@ class Socket:
         self.sock.send(data)
         while waiting:
             try:
-                buf = self.sock.recv(_RECV, socket.MSG_DONTWAIT)
+                buf = self.sock.recv(_RECV, _socket.MSG_DONTWAIT)
             except BlockingIOError:
                 if errors:
                     break

@@ -17,12 +17,12 @@ elements and unpublishing deletes them, by key: exact, and neither touches a rul
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import ipaddress
 import json
 import os
-import socket
 import struct
-import threading
 from typing import TYPE_CHECKING, Final
 
 from pytest_minidock._record import dataclass
@@ -104,7 +104,7 @@ class Batch:
 
     def encode(self, first_seq: int) -> tuple[bytes, list[int]]:
         """The netlink bytes (batch begin, messages, end) and the messages' sequence numbers."""
-        head = struct.pack("=BBH", 0, 0, socket.htons(_SUBSYS))
+        head = struct.pack("=BBH", 0, 0, _socket.htons(_SUBSYS))
         out = [message(_BATCH_BEGIN, NLM_F_REQUEST, first_seq, head)]
         seqs = []
         for i, (kind, flags, body) in enumerate(self.messages, start=first_seq + 1):
@@ -399,8 +399,8 @@ def delete_table(table: str) -> Batch:
 
 
 # -- the socket ---------------------------------------------------------------------------------
-_lock = threading.Lock()
-_socket: list[Socket] = []
+_lock = _thread.allocate_lock()  # (threading's own Lock, without threading's import)
+_sockets: list[Socket] = []
 
 
 def commit(batch: Batch) -> None:
@@ -409,9 +409,9 @@ def commit(batch: Batch) -> None:
     if not batch.messages:
         return
     with _lock:
-        if not _socket or _socket[0].pid != os.getpid():
-            _socket[:] = [Socket(_NETLINK_NETFILTER)]
-        sock = _socket[0]
+        if not _sockets or _sockets[0].pid != os.getpid():
+            _sockets[:] = [Socket(_NETLINK_NETFILTER)]
+        sock = _sockets[0]
         first = sock.seqs(len(batch.messages) + 2)
         data, seqs = batch.encode(first)
         errors = sock.transact(data, seqs, others=(first, first + len(seqs) + 1))
@@ -425,7 +425,7 @@ def commit(batch: Batch) -> None:
 def close() -> None:
     """Close this process's socket (the next ``commit`` opens another)."""
     with _lock:
-        for sock in _socket:
+        for sock in _sockets:
             if sock.pid == os.getpid():
                 sock.close()
-        _socket.clear()
+        _sockets.clear()

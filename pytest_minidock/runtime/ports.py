@@ -21,9 +21,9 @@ No pyroute2 here: ``network`` owns the kernel.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
-import socket
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_minidock._record import dataclass
@@ -178,7 +178,7 @@ class PublishedPorts:
     """
 
     mappings: tuple[PortMapping, ...]
-    sockets: tuple[socket.socket, ...]
+    sockets: tuple[_socket.socket, ...]
 
     def fds(self) -> list[int]:
         return [s.fileno() for s in self.sockets]
@@ -199,9 +199,9 @@ class PublishedPorts:
         self.close()
 
 
-def _bind(ip: str, port: int, proto: str) -> socket.socket:
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+def _bind(ip: str, port: int, proto: str) -> _socket.socket:
+    kind = _socket.SOCK_STREAM if proto == "tcp" else _socket.SOCK_DGRAM
+    sock = _socket.socket(_socket.AF_INET, kind | _socket.SOCK_CLOEXEC)
     try:
         sock.bind((ip, port))
     except BaseException:
@@ -213,7 +213,7 @@ def _bind(ip: str, port: int, proto: str) -> socket.socket:
 def reserve(specs: Sequence[PortSpec], default_host_ip: str = DEFAULT_HOST_IP) -> PublishedPorts:
     """Bind a socket for each spec's host port, atomically: all of them, or ``PortInUse``/
     ``NetworkError`` with everything closed again."""
-    sockets: list[socket.socket] = []
+    sockets: list[_socket.socket] = []
     mappings: list[PortMapping] = []
     try:
         for spec in specs:
