@@ -12,7 +12,7 @@ from typing import IO, Any
 from pytest_minidock._record import dataclass
 from pytest_minidock.errors import DigestMismatch, InvalidDigest
 
-__all__ = ["Digest", "Hasher", "sha256_bytes", "sha256_file"]
+__all__ = ["Digest", "Hasher", "sha256", "sha256_bytes", "sha256_file"]
 
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _CHUNK = 1 << 20
@@ -40,7 +40,7 @@ def _is_algorithm(text: str) -> bool:
     return not previous_was_separator
 
 
-def _sha256(data: bytes | bytearray | memoryview) -> Any:
+def sha256(data: bytes | bytearray | memoryview) -> Any:
     """A sha256 object over ``data``. ``hashlib`` loads OpenSSL (~4 ms at import), which a
     command hashing only a manifest and a config need not pay: CPython's own implementation
     (``_sha256``, ``_sha2`` from 3.12) is as fast for such small inputs. Once ``hashlib`` is
@@ -101,7 +101,7 @@ class Digest:
     def verify(self, data: bytes) -> None:
         """Raise ``DigestMismatch`` unless ``data`` hashes to this digest."""
         if self.algorithm == "sha256":
-            got = _sha256(data).hexdigest()
+            got = sha256(data).hexdigest()
         else:
             import hashlib  # here, not at the top: it loads OpenSSL (~4 ms)
 
@@ -142,7 +142,7 @@ class Hasher:
 
 def sha256_bytes(data: bytes) -> Digest:
     """The sha256 ``Digest`` of ``data``."""
-    return Digest("sha256", _sha256(data).hexdigest())
+    return Digest("sha256", sha256(data).hexdigest())
 
 
 def sha256_file(fileobj: IO[bytes]) -> tuple[Digest, int]:

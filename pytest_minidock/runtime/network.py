@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pytest_minidock import _record
 from pytest_minidock._record import dataclass, field, replace
+from pytest_minidock.digest import sha256 as _sha256
 from pytest_minidock.errors import (
     MinidockError,
     NetworkError,
@@ -91,17 +92,6 @@ from pytest_minidock.runtime.netlink import (
     message,
 )
 from pytest_minidock.runtime.state import Owner, now_iso
-
-# SHA-256 (names, state checksums) from CPython's own module: hashlib's import loads OpenSSL
-# (~5 ms of every process that attaches a container, its launcher's first exit among them) for
-# hashes of a few hundred bytes, which the built-in module computes as fast.
-try:
-    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]  # CPython 3.11
-except ImportError:  # pragma: no cover - CPython 3.12 names it _sha2; elsewhere hashlib
-    try:
-        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]
-    except ImportError:
-        from hashlib import sha256 as _sha256
 
 if TYPE_CHECKING:
     import builtins
