@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -297,7 +296,7 @@ class Engine:
     def stop(self, container: str, timeout: float | None = None) -> int:
         return self.runtime.stop(container, timeout)
 
-    def kill(self, container: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, container: str, sig: int = 9) -> None:  # 9: SIGKILL (no signal import)
         self.runtime.kill(container, sig)
 
     def remove(self, container: str, *, force: bool = False, volumes: bool = False) -> str:
