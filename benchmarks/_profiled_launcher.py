@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from benchmarks import profile_runtime
@@ -9,5 +10,6 @@ from pytest_minidock.runtime import launcher
 
 if __name__ == "__main__":
     profile_runtime._role[0] = 3
-    profile_runtime.instrument()
+    profile_runtime._launcher_pid[0] = os.getpid()
+    profile_runtime.instrument(owner=False)
     launcher.main(sys.argv[1:])

@@ -748,8 +748,17 @@ def main() -> None:
     finally:
         if private is not None:
             private.stop()
+        stop_launcher()
         umount_under(work)
         remove_work(work)
+
+
+def stop_launcher() -> None:
+    """Stop this process's launcher (if it ever started one) before its store roots go: its
+    PID 1s forked ahead would otherwise make spare directories in a root being removed."""
+    launcher = sys.modules.get("pytest_minidock.runtime.launcher")
+    if launcher is not None:
+        launcher.shared().close()
 
 
 def summary(

@@ -13,33 +13,39 @@ with the same stamps (the memory is then a file in /dev/shm named by ``$MINIDOCK
 
 from __future__ import annotations
 
-import argparse
-import collections
-import contextlib
-import cProfile
 import functools
 import mmap
 import os
-import pstats
-import statistics
 import struct
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks._roots import remove_work
-from benchmarks.bench_runtime import WARMUPS, make_store
+# (what only ``main`` needs is imported there: the instrumented launcher imports this module,
+# and its forks cost what its size does)
 
-_REC = struct.Struct("<iq48s")
-_REGION = 1 << 16
-_ROLES = "PMXL"  # owner (parent), monitor, PID 1, launcher
+_REC = struct.Struct("<q48s")
+_SLOTS = 256
+_REGION = 1 << 14
+_HEAD = struct.Struct("<iii")  # pid, role, number of records
+_ROLES = "PMXLZ"  # owner (parent), monitor, PID 1, launcher, zygote (a PID 1 forked ahead)
 _role = [0]
+_launcher_pid = [0]
+_ident = [os.getpid()]
+"""This process's key to its region: its pid, or a random one in a child (every PID 1 is pid 1
+in its own namespace)."""
+
+
+def _new_ident() -> None:
+    _ident[0] = int.from_bytes(os.urandom(3), "big") | 1 << 24
+
+
+os.register_at_fork(after_in_child=_new_ident)
 
 
 def _map() -> mmap.mmap:
     """The stamps' memory: shared with forked children, and with the launcher through a file."""
-    size = _REGION * len(_ROLES)
+    size = _REGION * _SLOTS
     path = os.environ.get("MINIDOCK_PROFILE_SHM")
     if path is None:
         fd, path = tempfile.mkstemp(prefix="minidock-profile-", dir="/dev/shm")
@@ -56,29 +62,46 @@ def _map() -> mmap.mmap:
 _shm = _map()
 
 
+def _slot(pid: int) -> int:
+    """This process's region (by its pid, probing on from ``pid % _SLOTS``; claimed if free)."""
+    for i in range(_SLOTS):
+        base = ((pid + i) % _SLOTS) * _REGION
+        owner, _, _ = _HEAD.unpack_from(_shm, base)
+        if owner in (pid, 0):
+            return base
+    return -1
+
+
 def stamp(label: str) -> None:
-    """Record ``label`` now, in this process's role's region (no allocation of descriptors)."""
-    base = _role[0] * _REGION
-    (n,) = struct.unpack_from("<i", _shm, base)
-    off = base + 8 + n * _REC.size
+    """Record ``label`` now, in this process's region (no allocation of descriptors)."""
+    t = time.perf_counter_ns()
+    pid = _ident[0]
+    role = _role[0]
+    if role == 3 and _launcher_pid[0] and os.getpid() != _launcher_pid[0]:
+        role = 4  # forked from the launcher, not yet PID 1: a zygote
+    base = _slot(pid)
+    if base < 0:
+        return
+    _, _, n = _HEAD.unpack_from(_shm, base)
+    off = base + _HEAD.size + n * _REC.size
     if off + _REC.size < base + _REGION:
-        _REC.pack_into(_shm, off, os.getpid(), time.perf_counter_ns(), label.encode()[:48])
-        struct.pack_into("<i", _shm, base, n + 1)
+        _REC.pack_into(_shm, off, t, label.encode()[:48])
+        _HEAD.pack_into(_shm, base, pid, role, n + 1)
 
 
 def reset() -> None:
-    for r in range(len(_ROLES)):
-        struct.pack_into("<i", _shm, r * _REGION, 0)
+    _shm[:] = bytes(len(_shm))
 
 
-def events() -> list[tuple[int, int, str]]:
+def events() -> list[tuple[int, int, int, str]]:
+    """(time, role, pid, label) of every stamp since ``reset``, in time order."""
     out = []
-    for r in range(len(_ROLES)):
-        base = r * _REGION
-        (n,) = struct.unpack_from("<i", _shm, base)
+    for slot in range(_SLOTS):
+        base = slot * _REGION
+        pid, role, n = _HEAD.unpack_from(_shm, base)
         for i in range(n):
-            _, t, label = _REC.unpack_from(_shm, base + 8 + i * _REC.size)
-            out.append((t, r, label.rstrip(b"\0").decode()))
+            t, label = _REC.unpack_from(_shm, base + _HEAD.size + i * _REC.size)
+            out.append((t, role, pid, label.rstrip(b"\0").decode()))
     return sorted(out)
 
 
@@ -103,46 +126,69 @@ def wrap(obj: Any, name: str, label: str | None = None, role: int | None = None)
     setattr(obj, name, timed)
 
 
-def instrument() -> None:
-    from pytest_minidock import api
-    from pytest_minidock.runtime import _sys, cgroups, container, launcher, logs, mounts, state
+def instrument(*, owner: bool = True) -> None:
+    """Wrap the runtime's phases (``owner``: the owner's side too, with the modules only it
+    imports: the launcher must stay as small as it is, its forks cost what its size does)."""
+    from pytest_minidock.runtime import _sys, container, launcher, logs, mounts, state
 
     runtime = container.Runtime
-    for obj, name, label in (
-        (api.Engine, "create", "Engine.create"),
+    targets: list[tuple[Any, str, str]] = [
         (runtime, "create", "Runtime.create (dirs, files)"),
         (runtime, "start", "Runtime.start"),
         (runtime, "_prepare", "Runtime._prepare"),
+        (runtime, "spec_of", "Runtime.spec_of"),
         (runtime, "wait", "Runtime.wait"),
         (runtime, "remove", "Runtime.remove"),
         (runtime, "_remove_files", "Runtime._remove_files"),
         (container, "_read_all", "owner: read sync pipe"),
         (container, "_read_until_started", "owner: read until started"),
+        (container, "_remove_tree", "remove_tree"),
         (container._Launch, "to_wire", "_Launch.to_wire"),
         (container._Launch, "from_wire", "_Launch.from_wire"),
         (launcher.Launcher, "launch", "Launcher.launch (send)"),
         (launcher, "_recv_request", "recv request"),
         (launcher._Supervisor, "start", "supervisor.start"),
+        (launcher._Supervisor, "hand_off", "supervisor.hand_off"),
         (launcher._Supervisor, "prefork", "supervisor.prefork"),
+        (launcher._Supervisor, "_prefork_one", "supervisor.prefork_one"),
         (launcher._Supervisor, "reap", "supervisor.reap"),
+        (launcher._Supervisor, "output", "supervisor.output"),
         (container.Monitor, "record_exit", "record_exit"),
         (container.Monitor, "record_running", "record_running"),
         (logs.LogWriter, "__init__", "log open"),
         (container, "_close_fds_except", "close_fds_except"),
+        (container, "unshare_namespaces", "unshare_namespaces"),
         (container.Monitor, "_pump", "pump (payload running)"),
+        (state.StateDir, "find", "state.find"),
         (state.StateDir, "update", "state.update"),
         (state.StateDir, "read_state", "state.read_state"),
+        (state.StateDir, "write_state", "state.write_state"),
+        (state.StateDir, "make_spare", "state.make_spare"),
+        (state.StateDir, "take_spare", "state.take_spare"),
+        (state.StateDir, "claim_name", "state.claim_name"),
+        (state.StateDir, "release_name", "state.release_name"),
         (logs.LogWriter, "close", "log.close"),
-        (cgroups.CgroupfsManager, "create", "cgroups.create"),
         (mounts, "apply", "mounts.apply"),
+        (mounts, "plan_rootfs", "mounts.plan_rootfs"),
         (container, "_find_executable", "find_executable"),
         (container, "_drop_privileges", "drop_privileges"),
         (os, "fork", "os.fork"),
         (os, "waitpid", "os.waitpid"),
-    ):
+    ]
+    if owner:
+        from pytest_minidock import api, spec
+        from pytest_minidock.runtime import cgroups
+
+        targets += [
+            (api.Engine, "create", "Engine.create"),
+            (spec, "make_spec", "make_spec"),
+            (spec, "resolve_user", "resolve_user"),
+            (cgroups.CgroupfsManager, "create", "cgroups.create"),
+        ]
+        for name in ("stats", "kill_all", "remove", "add"):
+            wrap(cgroups.CgroupfsGroup, name, f"cgroup.{name}")
+    for obj, name, label in targets:
         wrap(obj, name, label)
-    for name in ("stats", "kill_all", "remove", "add"):
-        wrap(cgroups.CgroupfsGroup, name, f"cgroup.{name}")
     for name in ("unshare", "set_pdeathsig", "sethostname", "loopback_up", "mount", "mknod"):
         wrap(_sys.LinuxSyscalls, name, f"sys.{name}")
     for name in ("mkdir", "symlink", "touch", "pivot_root", "umount2", "drop_capabilities"):
@@ -164,6 +210,17 @@ def instrument() -> None:
 
 
 def main() -> None:
+    import argparse
+    import collections
+    import contextlib
+    import cProfile
+    import pstats
+    import statistics
+    from pathlib import Path
+
+    from benchmarks._roots import remove_work
+    from benchmarks.bench_runtime import WARMUPS, make_store, stop_launcher
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--network", default="none")
     parser.add_argument("--runs", type=int, default=20)
@@ -216,20 +273,21 @@ def main() -> None:
             evs = events()
             if i == WARMUPS:
                 print(f"== one run (network {args.network}): ms since run() was called")
-                for t, role, label in evs:
-                    print(f"{(t - t0) / 1e6:8.3f}  {_ROLES[role]} {'   ' * role}{label}")
+                for t, role, pid, label in evs:
+                    who = f"{_ROLES[role]}{pid:<7}"
+                    print(f"{(t - t0) / 1e6:8.3f}  {who} {'   ' * role}{label}")
             opened: dict[tuple[int, str], list[int]] = collections.defaultdict(list)
             spent: dict[tuple[int, str], float] = collections.defaultdict(float)
             seen = set()
-            for t, role, label in evs:
+            for t, role, pid, label in evs:
                 if (role, label) not in seen:
                     seen.add((role, label))
                     firsts[(role, label)].append((t - t0) / 1e6)
-                key = (role, label[:-1])
+                key = (pid, label[:-1])
                 if label.endswith(">"):
                     opened[key].append(t)
                 elif label.endswith("<") and opened[key]:
-                    spent[key] += (t - opened[key].pop()) / 1e6
+                    spent[(role, label[:-1])] += (t - opened[key].pop()) / 1e6
             for key, ms in spent.items():
                 totals[key].append(ms)
         print(f"\n== median over {args.runs} runs: first occurrence, ms since run() was called")
@@ -239,8 +297,10 @@ def main() -> None:
         for key in sorted(totals, key=lambda k: (k[0], -statistics.median(totals[k]))):
             print(f"{statistics.median(totals[key]):8.3f} ms  {_ROLES[key[0]]} {key[1]}")
         print("P: the owner (this process), M: the monitor, X: the container's PID 1,")
-        print("L: the launcher (with --launcher, also the monitor of these containers)")
+        print("L: the launcher (with --launcher, also the monitor of these containers),")
+        print("Z: a PID 1 the launcher forked ahead (a zygote), until it is handed a start")
     finally:
+        stop_launcher()
         remove_work(work)
         with contextlib.suppress(OSError):
             os.unlink(os.environ["MINIDOCK_PROFILE_SHM"])

@@ -33,7 +33,8 @@
     ├── RuntimeFailure               a container could not be created, started or stopped
     ├── NetworkError                 a network, endpoint or published port cannot be set up
     │   ├── NetworkNotFound          no network by that name or ID
-    │   └── PortInUse                a host port asked for with ``-p`` is taken (names it)
+    │   ├── PortInUse                a host port asked for with ``-p`` is taken (names it)
+    │   └── SubnetExhausted          every address of a network's subnet is leased
     └── PrivilegeError               the machine or user lacks a capability that is needed
 
 Foreign errors (``OSError``, ``json.JSONDecodeError``, HTTP errors) are translated at one boundary
@@ -71,6 +72,7 @@ __all__ = [
     "RuntimeFailure",
     "StageNotFound",
     "StoreError",
+    "SubnetExhausted",
     "UnsafeLayer",
     "UsageError",
 ]
@@ -260,3 +262,7 @@ class NetworkNotFound(NetworkError):
 
 class PortInUse(NetworkError):
     """A host port asked for with ``-p`` is already taken (the message names ``IP:PORT/PROTO``)."""
+
+
+class SubnetExhausted(NetworkError):
+    """Every address of a network's subnet is leased (the message names the subnet)."""

@@ -21,11 +21,16 @@ the same code (``Monitor``) either way, from the plain-data ``_Launch``. Detache
 containers with resource limits and ``MINIDOCK_LAUNCHER=0`` use the direct fork shown above.
 
 What a start needs is made ahead where it can be: the launcher keeps PID 1s forked with their
-namespaces and system mounts ready (``mounts.plan_kit``; ``MINIDOCK_KIT=0`` makes every PID 1
-mount its own at start instead) and spare container directories
-(``StateDir.make_spare``); every container shares the read-only init layer holding its mount
-points (``mounts.make_init_layer``); its overlay is ``volatile`` (its exit does not sync the
-host's filesystem); and its state is rewritten in place (``state``), never by rename.
+namespaces and system mounts ready (``mounts.plan_kit``, on the host's network too;
+``MINIDOCK_KIT=0`` makes every PID 1 mount its own at start instead) and spare container
+directories (``StateDir.make_spare``, made by those PID 1s before they wait); every container
+shares the read-only init layer holding its mount points (``mounts.make_init_layer``); its
+overlay is ``volatile`` (its exit does not sync the host's filesystem); and its state is
+rewritten in place (``state``), never by rename. ``start`` uses what ``create`` just made in
+the same process without reading it back, and the user an image's layers resolve to is
+remembered (``_users``), as are the planner's look-ups in those read-only layers. Through the
+launcher, ``wait`` sleeps on an exit pipe the launcher closes once it recorded the exit, rather
+than polling the state file.
 
 If the owner is killed, even by SIGKILL, the kernel kills the monitor, then PID 1, and with it
 every process of the PID namespace; all mounts lived in the container's private mount namespace
@@ -39,10 +44,8 @@ import contextlib
 import json
 import os
 import select
-import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pytest_minidock._record import dataclass, replace
 from pytest_minidock.errors import MinidockError, RuntimeFailure, UsageError
@@ -57,9 +60,12 @@ from pytest_minidock.runtime.state import (
     process_start_time,
 )
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
+    from pytest_minidock.runtime import mounts
     from pytest_minidock.runtime._sys import Syscalls
     from pytest_minidock.runtime.cgroups import Cgroup, CgroupManager
     from pytest_minidock.runtime.network import Lease
@@ -72,6 +78,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_RUNTIME = 125  # docker: the container could not be created or started
 EXIT_CANNOT_INVOKE = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127  # the command was not found
+_SIGKILL = 9  # on every Linux architecture (not the ``signal`` module: ~1.5 ms to import)
+_MAX_EXIT_FDS = 256
+_MAX_FRESH = 64
+_MAX_USERS = 64
+_users: dict[tuple[str, tuple[str, ...]], ResolvedUser] = {}
+"""``resolve_user``'s answers by (user, image layers): see ``Runtime._prepare``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +155,20 @@ class _Launch:
     attached the container's network (its end closed without it: the set-up failed)."""
     port_fds: tuple[int, ...] = ()
     """Sockets holding the published host ports: the monitor keeps them while the container runs."""
+    exit_fd: int = -1
+    """Write end of a pipe the monitor holds until it has recorded the exit (then closes it):
+    the owner that started the container sleeps on its read end in ``wait`` (launcher only)."""
 
     def to_wire(self) -> tuple[dict[str, Any], list[int]]:
         """The JSON-able request and the fds to pass with it: stdio (those present), then the
-        ``go`` pipe (if any), then the port sockets."""
+        ``go`` pipe (if any), then the port sockets, then the exit pipe (if any)."""
         stdio = self.stdio
         fds = [fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None]
         if self.go_fd >= 0:
             fds.append(self.go_fd)
         fds.extend(self.port_fds)
+        if self.exit_fd >= 0:
+            fds.append(self.exit_fd)
         request = {
             "cid": self.cid,
             "dir": str(self.dir),
@@ -176,12 +193,16 @@ class _Launch:
             "go": self.go_fd >= 0,
             "kit": self.kit,
             "ports": len(self.port_fds),
+            "exit": self.exit_fd >= 0,
         }
         return request, fds
 
     @classmethod
-    def from_wire(cls, request: dict[str, Any], fds: Sequence[int]) -> _Launch:
-        """The launch ``to_wire`` described, with ``fds`` the stdio fds received with it."""
+    def from_wire(
+        cls, request: dict[str, Any], fds: Sequence[int], *, plan: bool = True
+    ) -> _Launch:
+        """The launch ``to_wire`` described, with ``fds`` the stdio fds received with it
+        (``plan``: decode the mount plan too; a monitor that does not make PID 1 needs none)."""
         from pytest_minidock.runtime import mounts
 
         given = iter(fds)
@@ -194,6 +215,7 @@ class _Launch:
         caps = request["keep_caps"]
         go = next(given) if request.get("go") else -1
         port_fds = tuple(next(given) for _ in range(int(request.get("ports", 0))))
+        exit_fd = next(given) if request.get("exit") else -1
         return cls(
             cid=request["cid"],
             dir=Path(request["dir"]),
@@ -212,10 +234,11 @@ class _Launch:
             stdio=stdio,
             auto_remove=bool(request["auto_remove"]),
             keep_caps=None if caps is None else frozenset(caps),
-            plan=tuple(mounts.Op(*op) for op in request["plan"]),
+            plan=tuple(mounts.Op(*op) for op in request["plan"]) if plan else (),
             kit=bool(request.get("kit")),
             go_fd=go,
             port_fds=port_fds,
+            exit_fd=exit_fd,
         )
 
 
@@ -332,6 +355,12 @@ class Runtime:
         self.launcher = launcher
         """Start non-detached containers through this process's launcher (see ``launcher``)."""
         self._children: set[int] = set()  # monitors forked by this process (direct path)
+        self._fresh: dict[str, tuple[ContainerRecord, ContainerSpec]] = {}
+        """Containers ``create`` made in this process, not started yet: what ``start`` would
+        read back from disk (it takes them from here instead)."""
+        self._exit_fds: dict[str, int] = {}
+        """Read ends of the exit pipes of the containers this object started through the
+        launcher, by ID: readable (at its end) once the exit is recorded (see ``wait``)."""
 
     @property
     def sys(self) -> Syscalls:
@@ -370,11 +399,12 @@ class Runtime:
             d.mkdir(parents=True)
         claimed = ""
         try:
+            via = d / "name" if spare else None  # (a spare's: linked into names/)
             if name:
-                self.state.claim_name(name, cid)
+                self.state.claim_name(name, cid, via=via)
                 claimed = name.removeprefix("/")
             else:
-                claimed = self.state.unique_random_name(cid)
+                claimed = self.state.unique_random_name(cid, via=via)
             if not spare:
                 for sub in ("upper", "work", "rootfs"):
                     (d / sub).mkdir()
@@ -400,13 +430,35 @@ class Runtime:
             )
             self.state.write_state(cid, state)
             encoded = json.dumps(config, sort_keys=True).encode()
-            (d / "config.json").write_bytes(encoded)  # last: with it, the container exists
+            # last: with it, the container exists (a spare's is there, empty, under another name)
+            if spare and os.path.exists(d / ".config.json"):
+                _write_new(d / ".config.json", encoded)
+                os.rename(d / ".config.json", d / "config.json")
+            else:
+                (d / "config.json").write_bytes(encoded)
         except BaseException:
             if claimed:
                 self.state.release_name(claimed, cid)
             _remove_tree(d)
             raise
-        return ContainerRecord(cid, claimed, config["Created"], json.loads(encoded), state, d)
+        record = ContainerRecord(cid, claimed, config["Created"], json.loads(encoded), state, d)
+        fresh = self._fresh
+        while len(fresh) >= _MAX_FRESH:  # (created, never started here)
+            with contextlib.suppress(StopIteration, KeyError):
+                del fresh[next(iter(fresh))]
+        fresh[cid] = (record, spec)
+        return record
+
+    def _record_and_spec(self, cid: str) -> tuple[ContainerRecord, ContainerSpec]:
+        """The container to start and its spec: as ``create`` just made it in this process
+        (unless it was removed since), else read back; ``RuntimeFailure`` if it is running."""
+        fresh = self._fresh.pop(cid, None)
+        if fresh is not None and (fresh[0].dir / "config.json").exists():
+            return fresh
+        record = self.state.find(cid)
+        if record.state.running():
+            raise RuntimeFailure(f"container {record.name} is already running")
+        return record, self.spec_of(record)
 
     def spec_of(self, record: ContainerRecord) -> ContainerSpec:
         from pytest_minidock.spec import ContainerSpec
@@ -421,10 +473,7 @@ class Runtime:
         otherwise it dies with it. Raises ``RuntimeFailure`` (with ``exit_code`` 125/126/127) when
         the container cannot start.
         """
-        record = self.state.find(cid)
-        if record.state.running():
-            raise RuntimeFailure(f"container {record.name} is already running")
-        spec = self.spec_of(record)
+        record, spec = self._record_and_spec(cid)
         launch = self._prepare(record, spec, stdio or Stdio(), bound=not detached)
         network = _network_name(spec)
         reserved: PublishedPorts | None = None
@@ -436,6 +485,10 @@ class Runtime:
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
             launch = replace(launch, go_fd=go_r, port_fds=tuple(reserved.fds()))
         via_launcher = not detached and self._use_launcher(launch)
+        exit_r = -1
+        if via_launcher:  # the launcher closes its end once it has recorded the exit
+            exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+            launch = replace(launch, exit_fd=exit_w)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         pid = 0
         try:
@@ -451,6 +504,7 @@ class Runtime:
                 finally:
                     with contextlib.suppress(OSError):
                         os.close(sync_w)
+                    os.close(launch.exit_fd)
             else:
                 owner = os.getpid()
                 try:
@@ -468,6 +522,8 @@ class Runtime:
         except BaseException:
             if go_w >= 0:
                 os.close(go_w)
+            if exit_r >= 0:
+                os.close(exit_r)
             raise
         finally:  # the monitor (or launcher) has its own copies now
             if reserved is not None:
@@ -501,6 +557,11 @@ class Runtime:
         started_pid, monitor_pid, error = _parse_sync(message)
         if net_error is not None:  # (PID 1 only says that it was not told to go on)
             error = (EXIT_RUNTIME, f"cannot start container {record.name}: {net_error}")
+        if exit_r >= 0:
+            if error is None and started_pid:
+                self._keep_exit_fd(cid, exit_r)
+            else:
+                os.close(exit_r)
         if error is not None:
             if network is not None:
                 self._disconnect(cid)
@@ -523,17 +584,27 @@ class Runtime:
     ) -> Lease:
         """Lease the container's address on ``network`` and forward its reserved host ports: all
         but the links, which need PID 1's network namespace."""
+        from pytest_minidock.errors import SubnetExhausted
         from pytest_minidock.runtime.network import Networks
 
-        return Networks(self.root).lease(
-            network,
-            record.id,
-            name=record.name,
-            aliases=spec.aliases,
-            hosts_file=record.dir / "hosts",
-            hostname=spec.hostname,
-            mappings=reserved.mappings,
-        )
+        def lease() -> Lease:
+            return Networks(self.root).lease(
+                network,
+                record.id,
+                name=record.name,
+                aliases=spec.aliases,
+                hosts_file=record.dir / "hosts",
+                hostname=spec.hostname,
+                mappings=reserved.mappings,
+            )
+
+        try:
+            return lease()
+        except SubnetExhausted:
+            # leases of containers that are gone (a crash mid-removal; the CLI skips the
+            # network clean-up at start): free them, then try once more
+            self.cleanup_networks()
+            return lease()
 
     def _connect(
         self,
@@ -568,7 +639,7 @@ class Runtime:
             )
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, _SIGKILL)
             raise
 
     def _disconnect(self, cid: str) -> None:
@@ -598,7 +669,17 @@ class Runtime:
         d = record.dir
         lowerdirs = tuple(record.config["LowerDirs"])
         layers = (*lowerdirs, str(d / "upper"))
-        user = resolve_user(spec.user, lambda path: lookup_in_layers(layers, path))
+        # The image's layers never change: a user found in them stays found, while the
+        # container's own upper dir has no /etc to hide or change its passwd and group files.
+        key = (spec.user, lowerdirs)
+        own_etc = os.path.lexists(d / "upper" / "etc")
+        user = None if own_etc else _users.get(key)
+        if user is None:
+            user = resolve_user(spec.user, lambda path: lookup_in_layers(layers, path))
+            if not own_etc:
+                if len(_users) >= _MAX_USERS:
+                    _users.clear()
+                _users[key] = user
         env = merge_env(("PATH=" + DEFAULT_PATH, f"HOME={user.home}"), spec.env)
         # A cgroup only for limits: the PID namespace already tracks and kills every process,
         # and moving a freshly forked process into a cgroup costs ~10-20 ms on this kernel.
@@ -625,8 +706,7 @@ class Runtime:
                 workdir_in_container=spec.workdir or "/",
                 privileged=spec.privileged,
                 create_devices=os.geteuid() == 0,
-                # (on the host's network, sysfs is the host's: it cannot go over /sys again)
-                kit=spec.network != "host" and os.environ.get("MINIDOCK_KIT", "1") != "0",
+                kit=os.environ.get("MINIDOCK_KIT", "1") != "0",
                 init_layer=mounts.make_init_layer(str(self.root / "init-layer"))
                 if use_overlay
                 else "",
@@ -714,32 +794,47 @@ class Runtime:
     def wait(self, cid: str, timeout: float | None = None) -> int:
         """Block until the container is not running; return its exit code.
 
-        Sleeps on a pidfd of PID 1 (the payload's exit wakes us at once), then polls the state
-        briefly until its monitor has recorded the exit (or is found dead).
+        A container this object started through the launcher: sleeps on its exit pipe, which
+        the launcher closes once it has recorded the exit. Otherwise sleeps on a pidfd of PID 1
+        (the payload's exit wakes us at once), then polls the state briefly until its monitor
+        has recorded the exit (or is found dead).
         """
-        record = self.state.find(cid)
         deadline = None if timeout is None else time.monotonic() + timeout
-        state = record.state
-        fd = -1
-        if state.status in ("running", "removing") and state.running():
-            with contextlib.suppress(OSError):
-                fd = self.sys.pidfd_open(state.pid)
+        # This wait owns the exit pipe while it sleeps on it (another thread waiting for the
+        # same container meanwhile polls); it is put back if the wait times out.
+        fd = self._exit_fds.pop(cid, -1)
+        exit_fd = fd
+        name = ""
+        if fd < 0:
+            record = self.state.find(cid)
+            cid, name = record.id, record.name
+            fd = exit_fd = self._exit_fds.pop(cid, -1)
+            state = record.state
+            if fd < 0 and state.status in ("running", "removing") and state.running():
+                with contextlib.suppress(OSError):
+                    fd = self.sys.pidfd_open(state.pid)
         pause, polls = 0.00025, 0
         try:
             while True:
-                state = self.state.read_state(record.id)
-                self._reap(state)
-                if _exited(state) or not state.monitor_alive():
-                    # The monitor may have recorded the exit and gone between our read and our
-                    # liveness check: read again before calling it dead.
-                    state = self.state.read_state(record.id)
-                    if state.status == "running":  # the monitor died without recording an exit
-                        state = self._mark_dead(record.id, state)
-                    return state.exit_code
+                if fd < 0 or fd != exit_fd:  # (with the exit pipe: once it is readable)
+                    state = self.state.read_state(cid)
+                    self._reap(state)
+                    if _exited(state) or not state.monitor_alive():
+                        # The monitor may have recorded the exit and gone between our read and
+                        # our liveness check: read again before calling it dead.
+                        state = self.state.read_state(cid)
+                        if state.status == "running":  # the monitor died without recording
+                            state = self._mark_dead(cid, state)
+                        return state.exit_code
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise RuntimeFailure(f"timed out waiting for container {record.name}")
-                if fd >= 0:  # until PID 1 exits
+                    # the exit pipe, still open: kept for the next wait
+                    if fd >= 0 and fd == exit_fd and self._exit_fds.setdefault(cid, fd) == fd:
+                        fd = -1
+                    with contextlib.suppress(MinidockError):
+                        name = name or self.state.find(cid).name
+                    raise RuntimeFailure(f"timed out waiting for container {name or cid[:12]}")
+                if fd >= 0:  # until the exit is recorded (exit pipe), or PID 1 exits (pidfd)
                     wait_for = 0.05 if remaining is None else min(0.05, remaining)
                     if select.select([fd], [], [], wait_for)[0]:
                         os.close(fd)
@@ -752,6 +847,23 @@ class Runtime:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _keep_exit_fd(self, cid: str, fd: int) -> None:
+        """Keep a started container's exit pipe for ``wait`` (the oldest go beyond a few
+        hundred: their containers are waited for by polling the state, as from elsewhere)."""
+        fds = self._exit_fds
+        while len(fds) >= _MAX_EXIT_FDS:
+            with contextlib.suppress(StopIteration, KeyError, OSError):
+                os.close(fds.pop(next(iter(fds))))
+        old = fds.pop(cid, -1)
+        fds[cid] = fd
+        if old >= 0:
+            os.close(old)
+
+    def _drop_exit_fd(self, cid: str) -> None:
+        fd = self._exit_fds.pop(cid, -1)
+        if fd >= 0:
+            os.close(fd)
 
     def _reap(self, state: ContainerState) -> None:
         """Collect the exit status of a monitor that is our own child (no zombies); a monitor
@@ -781,7 +893,7 @@ class Runtime:
             self.state.write_state(cid, current)
             return current
 
-    def kill(self, cid: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, cid: str, sig: int = _SIGKILL) -> None:
         """Send ``sig`` to the container's PID 1 (``docker kill -s``)."""
         record = self.state.find(cid)
         if not record.state.running():
@@ -805,7 +917,7 @@ class Runtime:
         except RuntimeFailure:
             pass
         with contextlib.suppress(ProcessLookupError):
-            os.kill(record.state.pid, signal.SIGKILL)
+            os.kill(record.state.pid, _SIGKILL)
         return self.wait(record.id, timeout=30)
 
     # -- removal -------------------------------------------------------------------------------
@@ -820,9 +932,10 @@ class Runtime:
                 )
             self.state.update(record.id, status="removing")
             with contextlib.suppress(ProcessLookupError):
-                os.kill(record.state.pid, signal.SIGKILL)
+                os.kill(record.state.pid, _SIGKILL)
             with contextlib.suppress(RuntimeFailure):
                 self.wait(record.id, timeout=30)
+        self._drop_exit_fd(record.id)
         self._remove_files(record.id, volumes=volumes)
         return record.name
 
@@ -855,7 +968,7 @@ class Runtime:
                 state = self._mark_dead(record.id, state)
                 if state.pid and process_start_time(state.pid) == state.pid_start:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(state.pid, signal.SIGKILL)
+                        os.kill(state.pid, _SIGKILL)
             if state.keep or state.detached or state.owner.alive():
                 continue
             if state.status == "running" and state.monitor_alive():
@@ -939,7 +1052,7 @@ class Runtime:
             if pid == 0:  # pragma: no cover - child
                 code = EXIT_RUNTIME
                 try:
-                    self.sys.set_pdeathsig(signal.SIGKILL)
+                    self.sys.set_pdeathsig(_SIGKILL)
                     os.close(sync_r)
                     # Join the container's cgroups while the host's /sys/fs/cgroup is visible.
                     for p in cgroup_procs:
@@ -1103,7 +1216,7 @@ class Monitor:
                         os.dup2(null, target)
                 os.close(null)
             else:
-                self.sys.set_pdeathsig(signal.SIGKILL)
+                self.sys.set_pdeathsig(_SIGKILL)
                 if parent and os.getppid() != parent:
                     os._exit(EXIT_RUNTIME)
             code = self._monitor(launch, sync_w)
@@ -1151,6 +1264,7 @@ class Monitor:
                 os.close(fd)
         _close_fds_except(
             {0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio), *launch.port_fds}
+            | {launch.exit_fd}  # (closed when this process exits, after recording the exit)
         )
         self.record_running(pid, monitor_pid, process_start_time(monitor_pid))
         os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())  # (the owner then attaches the
@@ -1182,7 +1296,7 @@ class Monitor:
             with contextlib.suppress(Exception):
                 oom = bool(getattr(launch.cgroup.stats(), "oom_kills", 0))
             with contextlib.suppress(Exception):
-                launch.cgroup.kill_all(signal.SIGKILL)
+                launch.cgroup.kill_all(_SIGKILL)
             with contextlib.suppress(Exception):
                 launch.cgroup.remove()
         if launch.port_fds:  # stop forwarding, then let the host ports go (before the state
@@ -1209,14 +1323,22 @@ class Monitor:
             with contextlib.suppress(Exception):
                 remove_files(self.state, launch.cid, remove_stale=self.remove_stale)
 
-    def record_running(self, pid: int, monitor_pid: int, monitor_start: int | None) -> None:
-        """PID 1 was forked: the container is running (the owner reads it once started)."""
+    def record_running(
+        self,
+        pid: int,
+        monitor_pid: int,
+        monitor_start: int | None,
+        *,
+        pid_start: int | None = None,
+    ) -> None:
+        """PID 1 was forked: the container is running (the owner reads it once started).
+        ``pid_start``: PID 1's start time, if known (else read here)."""
         launch = self.launch
         self.state.update(
             launch.cid,
             status="running",
             pid=pid,
-            pid_start=process_start_time(pid),
+            pid_start=process_start_time(pid) if pid_start is None else pid_start,
             monitor_pid=monitor_pid,
             monitor_start=monitor_start,
             started_at=now_iso(),
@@ -1289,6 +1411,7 @@ class Monitor:
         parent_pidfd: int = -1,
         prepared: bool = False,
         kit_ready: bool = False,
+        premounted: mounts.Premount | None = None,
     ) -> None:  # pragma: no cover - child
         """PID 1 of the new PID namespace: namespaces, root filesystem, privileges, exec.
 
@@ -1296,14 +1419,14 @@ class Monitor:
         took effect, PID 1 exits at once (``getppid`` cannot tell: it is 0 in a new PID ns).
         ``prepared``: this process already ran ``unshare_namespaces`` (forked ahead of time
         by the launcher), with ``launch.own_net``; ``kit_ready``: it made the kit too
-        (``mounts.plan_kit``)."""
+        (``mounts.plan_kit``); ``premounted``: and an overlay (``use_premount``)."""
         from pytest_minidock.runtime import mounts
 
         sys_ = self.sys
         code, message = EXIT_RUNTIME, ""
         try:
             if not prepared:
-                sys_.set_pdeathsig(signal.SIGKILL)
+                sys_.set_pdeathsig(_SIGKILL)
                 if parent_pidfd >= 0 and select.select([parent_pidfd], [], [], 0)[0]:
                     os._exit(EXIT_RUNTIME)
             for fd in (out_r, err_r, tty_master):
@@ -1319,7 +1442,10 @@ class Monitor:
                 mounts.apply(mounts.plan_kit(), sys_)
             elif kit_ready and not launch.kit:
                 mounts.drop_kit(sys_)
-            mounts.apply(launch.plan, sys_)
+            plan = launch.plan
+            if premounted is not None:
+                plan = use_premount(plan, premounted, sys_)
+            mounts.apply(plan, sys_)
             sys_.sethostname(launch.hostname)
             if launch.go_fd >= 0:  # the owner attaches our network meanwhile
                 go = os.read(launch.go_fd, 1)
@@ -1396,6 +1522,37 @@ def unshare_namespaces(sys_: Syscalls, *, own_net: bool) -> None:  # pragma: no 
         sys_.loopback_up()
 
 
+def use_premount(
+    plan: tuple[Any, ...], pre: mounts.Premount, sys_: Syscalls
+) -> tuple[Any, ...]:  # pragma: no cover - PID 1 (tests/privileged)
+    """The rest of ``plan`` once the overlay ``pre`` (a zygote mounted ahead) stands in for its
+    overlay mount: ``pre``'s upper and work dirs renamed onto the container's (empty, fresh)
+    ones, its mount moved onto the container's rootfs. If it does not fit (another image, a
+    restarted container), it is taken down and ``plan`` returned as it is."""
+    from pytest_minidock.runtime import mounts
+    from pytest_minidock.runtime._sys import MNT_DETACH, MS_MOVE
+
+    for i, op in enumerate(plan):
+        if op.kind == "mount" and op.fstype == "overlay":
+            parts = mounts.overlay_parts(op.data)
+            if parts is not None and pre.fits(parts[0], parts[3]):
+                _, upper, work, _ = parts
+                try:
+                    os.rename(f"{pre.staged}/upper", upper)
+                    os.rename(f"{pre.staged}/work", work)
+                    sys_.mount(f"{pre.staged}/rootfs", op.target, "", MS_MOVE, "")
+                except OSError:  # (the plan's own mount needs a work dir it may use again)
+                    with contextlib.suppress(OSError):
+                        sys_.umount2(f"{pre.staged}/rootfs", MNT_DETACH)
+                    mounts.clear_volatile(work)
+                    return plan
+                return plan[:i] + plan[i + 1 :]
+            break
+    with contextlib.suppress(OSError):
+        sys_.umount2(f"{pre.staged}/rootfs", MNT_DETACH)
+    return plan
+
+
 def remove_files(
     state: StateDir,
     cid: str,
@@ -1416,7 +1573,10 @@ def remove_files(
     ):
         with contextlib.suppress(Exception):
             remove_stale(cid)
-    if config.get("NetworkSettings"):  # its leases, veths and forwarded ports
+    network = spec.get("network", "default") if isinstance(spec, dict) else "default"
+    # its leases, veths and forwarded ports. NetworkSettings is written after PID 1 is let go:
+    # a payload that exits at once is removed before it, and its lease must go all the same.
+    if config.get("NetworkSettings") or network not in ("host", "none"):
         from pytest_minidock.runtime.network import Networks
 
         with contextlib.suppress(Exception):
@@ -1569,12 +1729,15 @@ def _copy_tty(master: int, stdio: Stdio) -> None:
                 _write_all(master, data)
 
 
-def _write_new(path: Path, text: str) -> None:
+def _write_new(path: Path, text: str | bytes) -> None:
     """Write a new (or a spare's empty) file. Not ``write_text``: on ext4, closing a file that
     was truncated (``O_TRUNC``) forces its block allocation, ~0.1-0.3 ms (auto_da_alloc)."""
+    data = text.encode() if isinstance(text, str) else text
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        os.write(fd, text.encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 

@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import stat
-import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pytest_minidock.errors import RuntimeFailure, UsageError
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from pytest_minidock.runtime._sys import Syscalls
     from pytest_minidock.runtime.state import ContainerRecord
 
 # Python 3.11.4+ warns unless an extraction filter is named; Debian 12's 3.11.2 has no filters
 # (its behaviour is "fully_trusted"). Safety here comes from the chroot, not from the filter.
-_TRUSTED: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
 
 __all__ = ["commit_exclusions", "copy_from_container", "copy_to_container"]
 
@@ -165,6 +163,9 @@ def copy_from_container(
     """``docker cp CONTAINER:SRC DEST``: into DEST/basename(SRC) when DEST is a directory, else
     as DEST (its parent must exist). The copies belong to the calling user, as docker's do,
     unless ``archive`` (``cp -a``) keeps the container's uid/gid (root only)."""
+    import shutil
+    import tarfile  # (here: the helper cannot import in the container's root)
+
     from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 
     if not src.startswith("/"):
@@ -194,7 +195,7 @@ def copy_from_container(
         policy = ExtractPolicy(devices=False, chown=archive and os.geteuid() == 0, whiteout="xattr")
         try:
             with os.fdopen(read_fd, "rb") as stream:
-                extract_layer(cast("BinaryIO", stream), tmp, policy=policy, source=what)
+                extract_layer(stream, tmp, policy=policy, source=what)
         except Exception:
             _finish(pid, err_r, what)  # the helper's own error explains it best
             raise
@@ -216,6 +217,10 @@ def copy_to_container(
     """``docker cp SRC CONTAINER:DEST``: into DEST/basename(SRC) when DEST is a directory in the
     container, else as DEST. The copies belong to root in the container, as docker's do, unless
     ``archive`` (``cp -a``) keeps the host's uid/gid; modes are kept either way."""
+    import tarfile  # (here: the helper cannot import in the container's root)
+
+    # (extraction filters, where tarfile has them: ours is our own tar of a host path)
+    trusted: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
     if not src.exists() and not src.is_symlink():
         raise UsageError(f"could not find the file {src}")
     if not dest.startswith("/"):
@@ -247,7 +252,7 @@ def copy_to_container(
                 if not archive:
                     member.uid = member.gid = 0
                 member.uname = member.gname = ""
-                tar.extract(member, parent, numeric_owner=True, **_TRUSTED)
+                tar.extract(member, parent, numeric_owner=True, **trusted)
 
     pid, err_r = _helper(record, sys_, work)
     os.close(read_fd)

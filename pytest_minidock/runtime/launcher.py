@@ -19,10 +19,12 @@ The owner's SIGKILL kills the launcher, which kills its PID 1s and monitors (and
 
 Protocol, over a unix stream socketpair: a request is a 4-byte big-endian length and that many
 bytes of JSON (``container._Launch.to_wire``: plain data only), sent in one ``sendmsg`` carrying
-with SCM_RIGHTS first the write end of the start's sync pipe, then the stdio fds the request says
-are present. The launcher answers through the sync pipe, exactly as a directly forked monitor
-does: ``P <pid> <monitor_pid>`` once the payload was exec'd, ``E <code> <message>`` if it could
-not start (the launcher itself writes ``E 125 …`` when it cannot fork or read the request); the
+with SCM_RIGHTS first the write end of the start's sync pipe, then the fds the request says are
+present (``container._Launch.to_wire``: stdio, network, ports, and the exit pipe the launcher
+closes once it has recorded the container's exit, which the owner's ``wait`` sleeps on). The
+launcher answers through the sync pipe, exactly as a directly forked monitor does:
+``P <pid> <monitor_pid>`` once the payload was exec'd, ``E <code> <message>`` if it could not
+start (the launcher itself writes ``E 125 …`` when it cannot fork or read the request); the
 owner reads the pipe to its end. Nothing flows back on the socket.
 
 Detached containers (the CLI's ``run -d``/``start``) never go through the launcher: they must
@@ -39,16 +41,18 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from _thread import allocate_lock
 
 from pytest_minidock.errors import RuntimeFailure
+
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
+if TYPE_CHECKING:
+    import subprocess
+    import threading
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["Launcher", "main", "shared"]
 
@@ -63,9 +67,12 @@ _ZYGOTES = 2
 """Zygotes kept ready: two, so that the next start finds one fully prepared even when the
 last one was forked only a moment ago (its new namespaces and mounts take a few ms), and two
 starts in a row both find one."""
+_HOST_ZYGOTES = 2
+"""The same for the host's network, once a container asked for it."""
 _SPARES = 2
-"""Spare container directories kept ready per state root (``StateDir.make_spare``), made when
-zygotes are (they take the launcher ~1 ms each)."""
+"""Spare container directories kept ready per state root (``StateDir.make_spare``): each new
+zygote makes the missing ones first thing, beside this process (~10 inode creations each,
+0.5-5 ms on a busy ext4: the launcher's loop would not answer a start meanwhile)."""
 _MAX_PORTS = 64
 _MAX_FDS = 5 + _MAX_PORTS  # the sync pipe, stdin, stdout, stderr, the go pipe, port sockets
 _MAX_REQUEST = 64 << 20
@@ -75,7 +82,7 @@ class Launcher:
     """The owner's side: starts the launcher process on first use and sends it requests."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._owner = 0
@@ -134,6 +141,10 @@ class Launcher:
         return self._sock
 
     def _start(self) -> None:
+        # (imported here: the launcher process, which imports this module, never needs them)
+        import subprocess
+        import threading
+
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         owner = os.getpid()
         # -S: no site-packages (the runtime needs only the standard library); PYTHONPATH: this
@@ -184,6 +195,8 @@ class Launcher:
             self._sock = None
         proc, self._proc = self._proc, None
         if proc is not None:
+            import subprocess
+
             # Its socket closed, it exits at once (after removing its spare directories); its
             # containers die with it.
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
@@ -207,11 +220,15 @@ class _ParentThread:
     parent, so that the launcher's PR_SET_PDEATHSIG stays bound to the owner's lifetime)."""
 
     def __init__(self) -> None:
+        import threading
+
         self._cond = threading.Condition()
         self._jobs: list[tuple[Any, threading.Event]] = []
         threading.Thread(target=self._loop, name="minidock-launcher-parent", daemon=True).start()
 
     def run(self, job: Any) -> None:
+        import threading
+
         done = threading.Event()
         with self._cond:
             self._jobs.append((job, done))
@@ -230,7 +247,7 @@ class _ParentThread:
                 done.set()
 
 
-_lock = threading.Lock()
+_lock = allocate_lock()
 _singletons: dict[str, Any] = {}  # "parent": the _ParentThread, "launcher": the shared Launcher
 
 
@@ -306,7 +323,7 @@ def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int], bytes
 class _Supervised:
     """One container the launcher monitors itself: its PID 1, output pipes and log."""
 
-    __slots__ = ("code", "log", "monitor", "open_fds", "pid")
+    __slots__ = ("code", "exit_fd", "log", "monitor", "open_fds", "pid", "staged")
 
     def __init__(self, monitor: Any, pid: int, log: Any, fds: tuple[int, int]) -> None:
         self.monitor = monitor
@@ -314,6 +331,10 @@ class _Supervised:
         self.log = log
         self.open_fds = set(fds)
         self.code: int | None = None
+        self.exit_fd = -1
+        """The owner's exit pipe, closed once the exit is recorded (set once started)."""
+        self.staged = ""
+        """Its zygote's staged directory (``mounts.premount``), removed once it exited."""
         # (the port sockets of monitor.launch stay open here until the exit is recorded)
 
 
@@ -322,13 +343,21 @@ class _Zygote:
     namespaces, and network namespace (loopback up) unless made for the host's network, blocked
     until it is handed a request on ``sock``."""
 
-    __slots__ = ("err_r", "out_r", "pid", "sock")
+    __slots__ = ("err_r", "out_r", "pid", "sock", "staged", "start")
 
-    def __init__(self, pid: int, sock: socket.socket, out_r: int, err_r: int) -> None:
+    def __init__(
+        self, pid: int, sock: socket.socket, out_r: int, err_r: int, staged: str = ""
+    ) -> None:
+        from pytest_minidock.runtime.state import process_start_time
+
         self.pid = pid
         self.sock = sock
         self.out_r = out_r
         self.err_r = err_r
+        self.start = process_start_time(pid)
+        """Its start time, read now rather than when a container is recorded running."""
+        self.staged = staged
+        """Where it mounts an overlay ahead (``mounts.premount``), if it does."""
 
     def close(self) -> None:
         self.sock.close()
@@ -348,8 +377,10 @@ class _Supervisor:  # pragma: no cover - the launcher process
 
     PID 1s are kept forked ahead (``_Zygote``, ``_ZYGOTES`` of them): a start then costs no
     fork, no namespace creation and no system mounts (``mounts.plan_kit``: made ahead too), only
-    the container's own root filesystem and the exec. Zygotes for the host's network (one, once a
-    container asked for it) share the host's network namespace and make no system mounts ahead.
+    the container's own root filesystem and the exec. Zygotes for the host's network
+    (``_HOST_ZYGOTES``, once a container asked for it) share the host's network namespace. A
+    new zygote first makes the spare container directories missing (``make_spares``), so that
+    this process's loop never stands still for them.
     """
 
     def __init__(self, sys_: Any, poller: Any) -> None:
@@ -366,10 +397,64 @@ class _Supervisor:  # pragma: no cover - the launcher process
         self.zygotes: list[_Zygote] = []
         """Ready PID 1s, oldest (the most surely done with its preparation) first."""
         self.host_zygotes: list[_Zygote] = []
-        """The same for the host's network: one, once a container asked for that network."""
+        """The same for the host's network, once a container asked for that network."""
         self.host_wanted = False
         self.finished = False
         """A container's exit was recorded since the last look: a good moment to prefork."""
+        self.states: dict[str, Any] = {}
+        """The ``StateDir`` of each state root a request named."""
+        self.tag = f"{self.me}-{self.me_start}"
+        """What this launcher's spare container directories are named after."""
+        self.forked_at = 0.0
+        """When the last zygote was forked (it makes the spare directories missing then)."""
+        self.last_overlay: tuple[str, str, str] | None = None
+        """(state root, ``lowerdir=``, options) of the last start's overlay: what new zygotes
+        mount ahead (``mounts.premount``)."""
+        self.stale_staged: list[str] = []
+        """Staged directories of zygotes that are gone: the next zygote removes them."""
+
+    def note_overlay(self, request: dict[str, Any]) -> None:
+        """Remember the overlay ``request`` mounts (see ``last_overlay``)."""
+        from pytest_minidock.runtime.mounts import overlay_parts
+
+        for op in request.get("plan", ()):
+            if op[0] == "mount" and op[3] == "overlay":
+                parts = overlay_parts(op[5])
+                if parts is not None:
+                    self.last_overlay = (str(request["root"]), parts[0], parts[3])
+                return
+
+    def state(self, root: str) -> Any:
+        """The ``StateDir`` of ``root`` (made on first use)."""
+        found = self.states.get(root)
+        if found is None:
+            from pathlib import Path
+
+            from pytest_minidock.runtime.state import StateDir
+
+            found = self.states[root] = StateDir(Path(root))
+        return found
+
+    def spares_short(self) -> bool:
+        """Whether a state root lacks spare directories."""
+        with contextlib.suppress(OSError):
+            return any(s.spare_count(self.tag) < _SPARES for s in self.states.values())
+        return False
+
+    def make_spares(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Make the spare directories missing (in a zygote, beside the launcher's loop), until
+        ``stop()`` says a start is waiting."""
+        import fcntl
+
+        for state in list(self.states.values()):
+            with contextlib.suppress(OSError):
+                room = os.open(state.workroom(self.tag), os.O_RDONLY | os.O_CLOEXEC)
+                try:  # one maker at a time (two zygotes would make one spare too many)
+                    fcntl.flock(room, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    while state.spare_count(self.tag) < _SPARES and not stop():
+                        state.make_spare(self.tag)
+                finally:
+                    os.close(room)
 
     def _fork_pid1(self, child: Callable[[int, int], None]) -> tuple[int, int, int]:
         """Fork a PID 1 (new PID namespace) running ``child(out_w, err_w)``; its pid and the
@@ -405,27 +490,37 @@ class _Supervisor:  # pragma: no cover - the launcher process
         return pid, out_r, err_r
 
     def prefork(self, most: int = _ZYGOTES) -> None:
-        """Keep ``most`` zygotes ready, and one for the host's network once wanted (call with no
-        received descriptor open: they would inherit it)."""
+        """Keep ``most`` zygotes ready, and as many (``_HOST_ZYGOTES`` at most) for the host's
+        network once wanted (call with no received descriptor open: they would inherit it)."""
         while len(self.zygotes) < most:
             self._prefork_one(own_net=True)
-        while self.host_wanted and not self.host_zygotes:
+        while self.host_wanted and len(self.host_zygotes) < min(most, _HOST_ZYGOTES):
             self._prefork_one(own_net=False)
 
     def short(self) -> bool:
         """Whether a zygote is missing."""
-        return len(self.zygotes) < _ZYGOTES or (self.host_wanted and not self.host_zygotes)
+        host_short = self.host_wanted and len(self.host_zygotes) < _HOST_ZYGOTES
+        return len(self.zygotes) < _ZYGOTES or host_short
 
     def _prefork_one(self, *, own_net: bool) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        staged, overlay = "", self.last_overlay
+        if overlay is not None and os.environ.get("MINIDOCK_PREMOUNT", "1") != "0":
+            with contextlib.suppress(OSError):
+                room = self.state(overlay[0]).workroom(self.tag)
+                staged = f"{room}/z{os.urandom(4).hex()}"
+        stale, self.stale_staged = self.stale_staged, []
 
         def child(out_w: int, err_w: int) -> None:
+            from pathlib import Path
+
             from pytest_minidock.runtime import mounts
             from pytest_minidock.runtime.container import (
                 EXIT_RUNTIME,
                 Monitor,
                 _close_fds_except,
                 _Launch,
+                _remove_tree,
                 unshare_namespaces,
             )
 
@@ -436,17 +531,33 @@ class _Supervisor:  # pragma: no cover - the launcher process
             # host ports above all, which would stay bound after their exit)
             _close_fds_except({0, 1, 2, theirs.fileno(), out_w, err_w})
             unshare_namespaces(self.sys, own_net=own_net)
-            # (rootless: devices are bound from the host's /dev; the host's network: its sysfs
-            # cannot go over /sys again)
-            kit = own_net and os.geteuid() == 0
+            kit = os.geteuid() == 0  # (rootless: devices are bound from the host's /dev)
             if kit:  # the system mounts, now rather than at start
                 mounts.apply(mounts.plan_kit(), self.sys)
+            premounted = None
+            # the last start's overlay, for the next one (over the kit's private "/" only:
+            # a mount under a shared one would show on the host)
+            if staged and overlay is not None and kit:
+                with contextlib.suppress(OSError):
+                    premounted = mounts.premount(staged, overlay[1], overlay[2], self.sys)
+
+            def asked() -> bool:  # a start is waiting for this process: chores can wait
+                return bool(select.select([theirs], [], [], 0)[0])
+
+            # chores for the next starts, unless this one is asked for first (the launcher's
+            # own loop stands still for none of them): spare directories, old staged ones
+            self.make_spares(asked)
+            for path in stale:
+                if asked():
+                    break
+                _remove_tree(Path(path))
             got = _recv_request(theirs)
             if got is None:
                 os._exit(0)
             request, fds, _ = got
             launch = _Launch.from_wire(request, fds[1:])
-            Monitor(launch, self.sys, cast("Any", None))._pid1(
+            no_state: Any = None  # (PID 1 records nothing)
+            Monitor(launch, self.sys, no_state)._pid1(
                 launch,
                 sync_w=fds[0],
                 out_w=out_w,
@@ -457,17 +568,20 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 err_r=-1,
                 prepared=True,
                 kit_ready=kit,
+                premounted=premounted,
             )
 
         try:
             pid, out_r, err_r = self._fork_pid1(child)
         except BaseException:
             mine.close()
+            self.stale_staged += stale
             raise
         finally:
             theirs.close()
-        zygote = _Zygote(pid, mine, out_r, err_r)
+        zygote = _Zygote(pid, mine, out_r, err_r, staged)
         (self.zygotes if own_net else self.host_zygotes).append(zygote)
+        self.forked_at = time.monotonic()
 
     def hand_off(self, message: bytes, fds: list[int], *, own_net: bool) -> _Zygote | None:
         """Give a request (``message`` and ``fds`` as received) to a zygote, first thing: PID 1
@@ -484,6 +598,8 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 zygote.sock.sendall(message[sent:])
         except OSError:  # it died: start the usual way
             zygote.close()
+            if zygote.staged:
+                self.stale_staged.append(zygote.staged)
             return None
         zygote.sock.close()
         return zygote
@@ -521,17 +637,20 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 zygote.close()
             raise
         item = _Supervised(monitor, pid, log, (out_r, err_r))
+        item.staged = zygote.staged if zygote is not None else ""
         self.by_pid[pid] = item
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             self.by_fd[fd] = (item, stream)
             self.poller.register(fd, select.POLLIN)
         try:
-            monitor.record_running(pid, self.me, self.me_start)
+            started = zygote.start if zygote is not None else None
+            monitor.record_running(pid, self.me, self.me_start, pid_start=started)
         except BaseException as exc:  # no state to run in: stop it, report why
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             raise RuntimeFailure(f"cannot record container {launch.cid[:12]}: {exc}") from exc
         os.write(sync_w, f"P {pid} {self.me}\n".encode())
+        item.exit_fd = launch.exit_fd
 
     def output(self, fd: int) -> None:
         """Log what PID 1's processes wrote on ``fd`` (closed at its end)."""
@@ -572,6 +691,12 @@ class _Supervisor:  # pragma: no cover - the launcher process
         item.log.close()
         with contextlib.suppress(Exception):
             item.monitor.record_exit(item.code)  # (it closes the port sockets too)
+        if item.exit_fd >= 0:  # the owner's wait wakes up
+            with contextlib.suppress(OSError):
+                os.close(item.exit_fd)
+            item.exit_fd = -1
+        if item.staged:
+            self.stale_staged.append(item.staged)
         self.finished = True
 
 
@@ -579,33 +704,22 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
     from pytest_minidock.runtime._sys import LinuxSyscalls
 
     sys_ = LinuxSyscalls()
-    states: dict[str, Any] = {}  # StateDir by state root
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     supervisor = _Supervisor(sys_, poller)
-    tag = f"{supervisor.me}-{supervisor.me_start}"
     try:
-        _loop(sock, wake_r, sys_=sys_, supervisor=supervisor, states=states, tag=tag)
+        _loop(sock, wake_r, sys_=sys_, supervisor=supervisor)
     finally:  # the owner is gone (or confused): no spare is left behind
-        for state in states.values():
+        for state in supervisor.states.values():
             with contextlib.suppress(OSError):
-                state.remove_spares(tag)
+                state.remove_spares(supervisor.tag)
 
 
 def _loop(
-    sock: socket.socket,
-    wake_r: int,
-    *,
-    sys_: Any,
-    supervisor: _Supervisor,
-    states: dict[str, Any],
-    tag: str,
+    sock: socket.socket, wake_r: int, *, sys_: Any, supervisor: _Supervisor
 ) -> None:  # pragma: no cover - the launcher process
-    from pathlib import Path
-
     from pytest_minidock.runtime.container import EXIT_RUNTIME, Monitor, _Launch
-    from pytest_minidock.runtime.state import StateDir
 
     me = supervisor.me
     poller = supervisor.poller
@@ -617,12 +731,11 @@ def _loop(
         events = poller.poll(timeout)
         if prefork_at is not None and time.monotonic() >= prefork_at:
             prefork_at = None
-            with contextlib.suppress(OSError, RuntimeFailure):
-                supervisor.prefork()
-            for state in states.values():
-                with contextlib.suppress(OSError):
-                    while state.spare_count(tag) < _SPARES:
-                        state.make_spare(tag)
+            if supervisor.short():  # (new zygotes make the spare directories)
+                with contextlib.suppress(OSError, RuntimeFailure):
+                    supervisor.prefork()
+            elif supervisor.spares_short() and time.monotonic() - supervisor.forked_at > 0.1:
+                supervisor.make_spares()  # (only starts that took no zygote: made here then)
         for fd, _ in events:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -640,6 +753,8 @@ def _loop(
                 return
             request, fds, message = got
             sync_w, rest = fds[0], fds[1:]
+            with contextlib.suppress(Exception):
+                supervisor.note_overlay(request)
             pid = -1
             kept: tuple[int, ...] = ()
             zygote: _Zygote | None = None
@@ -650,13 +765,11 @@ def _loop(
                 plain = plain and not request["stderr"]
                 own_net = bool(request["own_net"])
                 zygote = supervisor.hand_off(message, fds, own_net=own_net) if plain else None
-                launch = _Launch.from_wire(request, rest)
-                if launch.root not in states:
-                    states[launch.root] = StateDir(Path(launch.root))
-                monitor = Monitor(launch, sys_, states[launch.root])
+                launch = _Launch.from_wire(request, rest, plan=zygote is None)
+                monitor = Monitor(launch, sys_, supervisor.state(launch.root))
                 if plain:
                     supervisor.start(monitor, sync_w, zygote)
-                    kept = launch.port_fds
+                    kept = (*launch.port_fds, launch.exit_fd)
                 else:
                     pid = os.fork()
             except BaseException as exc:
@@ -682,7 +795,7 @@ def _loop(
             prefork_at = time.monotonic() + _PREFORK_DELAY
         if supervisor.finished:  # an exit was recorded: the machine is quieter now
             supervisor.finished = False
-            if supervisor.short():
+            if supervisor.short() or supervisor.spares_short():
                 prefork_at = time.monotonic()
 
 

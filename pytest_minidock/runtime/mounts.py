@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Final, Literal
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.errors import RuntimeFailure, UsageError
@@ -53,8 +52,10 @@ from pytest_minidock.runtime._sys import (
     MS_STRICTATIME,
 )
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Final, Literal
 
     from pytest_minidock.runtime._sys import Syscalls
 
@@ -65,14 +66,17 @@ __all__ = [
     "BindMount",
     "Op",
     "OpKind",
+    "Premount",
     "RootfsConfig",
     "TmpfsMount",
     "apply",
     "clear_volatile",
     "drop_kit",
     "make_init_layer",
+    "overlay_parts",
     "plan_kit",
     "plan_rootfs",
+    "premount",
     "resolve_in_root",
     "uses_kit",
     "volatile_supported",
@@ -153,7 +157,12 @@ _FLAG_WORDS: Final = {
     "strictatime": (MS_STRICTATIME, True),
 }
 
-OpKind = Literal["mount", "umount2", "mkdir", "touch", "mknod", "symlink", "pivot_root", "chdir"]
+if TYPE_CHECKING:
+    OpKind = Literal[
+        "mount", "umount2", "mkdir", "touch", "mknod", "symlink", "pivot_root", "chdir"
+    ]
+else:
+    OpKind = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +262,16 @@ _Frame = tuple[str, _Layers, bool]
 class _Tree:
     """The container's file tree as the plan so far will have made it, looked up without mounts."""
 
-    def __init__(self, layers: tuple[str, ...], userxattr: bool) -> None:
+    def __init__(self, layers: tuple[str, ...], userxattr: bool, mutable: str = "") -> None:
         self.mounts: dict[str, _Layers] = {"/": layers}
         self.made: dict[str, str] = {}  # path -> "d" | "f" | "l" + link target
         self._seen: dict[tuple[str, _Layers], tuple[str, _Layers, str]] = {}
         self._opaque = "user.overlay.opaque" if userxattr else "trusted.overlay.opaque"
         self._xwhiteouts = ("user.overlay.whiteout", "trusted.overlay.whiteout")
+        mutable = mutable.rstrip("/")
+        self._mutable = (mutable, mutable + "/") if mutable else ()
+        """The one layer that may change (the container's upper dir): every other one is an
+        image snapshot or the init layer, read-only, whose look-ups are kept (``_STABLE``)."""
 
     def mount(self, path: str, content: _Layers) -> None:
         self.mounts[path] = content
@@ -282,6 +295,29 @@ class _Tree:
         return found
 
     def _lookup(self, name: str, layers: tuple[str, ...]) -> tuple[str, _Layers, str]:
+        if not self._mutable:
+            return self._lookup_in(name, layers)
+        mutable = self._mutable
+        n = 0
+        while n < len(layers) and (
+            layers[n].rstrip("/") == mutable[0] or layers[n].startswith(mutable[1])
+        ):
+            n += 1
+        for top in layers[:n]:
+            if os.path.lexists(f"{top}/{name}"):
+                return self._lookup_in(name, layers)
+        if n == len(layers):
+            return "-", (), ""
+        key = (name, layers[n:], self._opaque)
+        found = _STABLE.get(key)
+        if found is None:
+            found = self._lookup_in(name, layers[n:])
+            if len(_STABLE) >= _MAX_STABLE:
+                _STABLE.clear()
+            _STABLE[key] = found
+        return found
+
+    def _lookup_in(self, name: str, layers: tuple[str, ...]) -> tuple[str, _Layers, str]:
         for i, top in enumerate(layers):
             p = f"{top}/{name}"
             try:
@@ -361,6 +397,11 @@ class _Tree:
             else:
                 stack.append((child, content, kind != "-"))
         return stack[-1][0], [frame for frame in stack if not frame[2]]
+
+
+_STABLE: dict[tuple[str, tuple[str, ...], str], tuple[str, _Layers, str]] = {}
+"""``_Tree`` look-ups in read-only layers (snapshots, the init layer): they never change."""
+_MAX_STABLE: Final = 4096
 
 
 def resolve_in_root(layers: tuple[str, ...], path: str, *, userxattr: bool = False) -> str:
@@ -518,7 +559,8 @@ class _Planner:
         self.proc = self.sys = ""
         init = (cfg.init_layer,) if cfg.init_layer and cfg.lowerdirs else ()
         layers = (cfg.upperdir, *init, *reversed(cfg.lowerdirs)) if cfg.overlay else (root,)
-        self.tree = _Tree(layers, cfg.userxattr)
+        mutable = cfg.upperdir if cfg.overlay else root
+        self.tree = _Tree(layers, cfg.userxattr, mutable)
 
     def host(self, ctr: str) -> str:
         return self.root if ctr == "/" else self.root + ctr
@@ -774,6 +816,7 @@ class _Planner:
 
 
 _KIT_TOPS: Final = ("/proc", "/dev", "/sys")
+_KIT_SYS_FLAGS: Final = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
 class _KitPlanner(_Planner):
@@ -792,6 +835,10 @@ class _KitPlanner(_Planner):
 
     def plan(self) -> tuple[Op, ...]:
         self.op("mount", "/", source="none", flags=MS_REC | MS_PRIVATE)  # nothing propagates
+        # On the host's network the new sysfs is the host's own superblock, which the kernel
+        # will not mount on its own root again (EBUSY): an empty tmpfs goes in between (it
+        # stays behind, in PID 1's old root, when the sysfs is moved into the container).
+        self.op("mount", "/sys", source="tmpfs", fstype="tmpfs", flags=_KIT_SYS_FLAGS)
         self.system_mounts()
         self.masked_and_readonly()
         return tuple(self.ops)
@@ -801,7 +848,8 @@ def plan_kit() -> tuple[Op, ...]:
     """The kit (see ``RootfsConfig.kit``): a fresh ``/proc`` with docker's masked and read-only
     paths, the minimal ``/dev`` and a read-only ``/sys``, mounted over PID 1's own ``/proc``,
     ``/dev`` and ``/sys`` (after it made ``/`` private) by a process that already has the
-    container's PID and network namespaces. Root only (devices are made with mknod)."""
+    container's PID and network namespaces (its own, or the host's). Root only (devices are
+    made with mknod)."""
     return _KitPlanner().plan()
 
 
@@ -814,6 +862,66 @@ def drop_kit(sys: Syscalls) -> None:
     """Take a kit away again (PID 1 made one ahead, but its plan does not use it)."""
     for top in reversed(_KIT_TOPS):
         sys.umount2(top, MNT_DETACH)
+
+
+# -- an overlay mounted ahead --------------------------------------------------------------------
+# Mounting a container's overlay makes ~6 inodes in its work dir (work/work, the whiteout and
+# tmpfile probes, incompat/volatile), ~0.7 ms each on a busy ext4. A zygote mounts the overlay
+# of the image its launcher last started ahead (``premount``), over a staged directory of its
+# own; a start for the same image takes it over (``container``: the staged upper and work dirs
+# are renamed onto the container's empty ones, the mount moved onto its rootfs).
+@dataclass(frozen=True, slots=True)
+class Premount:
+    """An overlay mounted ahead over ``staged``/rootfs (upper and work dirs in ``staged``)."""
+
+    staged: str
+    lower: str
+    """The ``lowerdir=`` value, as the plan writes it."""
+    options: str
+    """What the plan writes after ``workdir=``: ``,userxattr``, ``,volatile``."""
+    layers: tuple[tuple[int, int, int], ...]
+    """(device, inode, ctime) of each lower dir when mounted: a layer removed and made again
+    (an image deleted and pulled again) is another directory, and the premount unusable."""
+
+    def fits(self, lower: str, options: str) -> bool:
+        """Whether a plan's overlay (``overlay_parts``) is this one, its layers unchanged."""
+        if (lower, options) != (self.lower, self.options):
+            return False
+        try:
+            return _identities(lower) == self.layers
+        except OSError:
+            return False
+
+
+def overlay_parts(data: str) -> tuple[str, str, str, str] | None:
+    """``(lowerdir, upperdir, workdir, options)`` of an overlay's mount data as ``plan_rootfs``
+    writes it, or None if it has escapes or relative paths (then it is never premounted)."""
+    if "\\" in data or not data.startswith("lowerdir=/"):
+        return None
+    lower, sep, rest = data[len("lowerdir=") :].partition(",upperdir=")
+    upper, sep2, rest = rest.partition(",workdir=")
+    work, comma, options = rest.partition(",")
+    if not (sep and sep2 and upper.startswith("/") and work.startswith("/")):
+        return None
+    return lower, upper, work, comma + options
+
+
+def premount(staged: str, lower: str, options: str, sys: Syscalls) -> Premount:
+    """Mount the overlay of ``lower`` (with ``options``) over a new ``staged`` directory."""
+    layers = _identities(lower)
+    for path in (staged, f"{staged}/upper", f"{staged}/work", f"{staged}/rootfs"):
+        sys.mkdir(path, 0o755)
+    data = f"lowerdir={lower},upperdir={staged}/upper,workdir={staged}/work{options}"
+    sys.mount("overlay", f"{staged}/rootfs", "overlay", 0, data)
+    return Premount(staged, lower, options, layers)
+
+
+def _identities(lower: str) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in lower.split(":"):
+        st = os.stat(path)
+        out.append((st.st_dev, st.st_ino, st.st_ctime_ns))
+    return tuple(out)
 
 
 def plan_rootfs(cfg: RootfsConfig) -> tuple[Op, ...]:

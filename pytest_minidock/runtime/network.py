@@ -72,6 +72,7 @@ from pytest_minidock.errors import (
     NetworkNotFound,
     PortInUse,
     PrivilegeError,
+    SubnetExhausted,
     UsageError,
 )
 from pytest_minidock.runtime import nftables
@@ -428,7 +429,7 @@ def allocate_address(
         candidate = first + (start + i) % count
         if candidate not in taken:
             return str(ipaddress.IPv4Address(candidate))
-    raise NetworkError(f"no free address left in subnet {subnet}")
+    raise SubnetExhausted(f"no free address left in subnet {subnet}")
 
 
 def strip_managed(text: str) -> str:
@@ -708,7 +709,9 @@ def _linkinfo(kind: str, data: bytes = b"") -> bytes:
 def _in_background(work: Callable[[], None]) -> Callable[[], None]:
     """Run ``work`` (which must catch its errors) in a new thread without waiting for the thread
     to start, as ``threading.Thread.start`` does (~1 ms on a busy machine); the result waits for
-    it to end. Like a daemon thread, it does not hold up the interpreter's exit."""
+    it to end. Like a daemon thread, it does not hold up the interpreter's exit. Where no thread
+    can be made, ``work`` runs here and now: a process that unshared its PID namespace (a
+    container's monitor, which removes ``--rm`` containers) gets EINVAL for every new thread."""
     done = _thread.allocate_lock()
     done.acquire()
 
@@ -718,7 +721,10 @@ def _in_background(work: Callable[[], None]) -> Callable[[], None]:
         finally:
             done.release()
 
-    _thread.start_new_thread(run, ())
+    try:
+        _thread.start_new_thread(run, ())
+    except RuntimeError:  # "can't start new thread"
+        run()
 
     def join() -> None:
         with done:

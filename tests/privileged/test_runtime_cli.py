@@ -211,6 +211,39 @@ def test_run_rm_leaves_no_container(mini: Cli) -> None:
     assert set(mini.ok("ps", "-a", "-q").split()) == {cid[:12] for cid in before}
 
 
+@pytest.mark.netns
+def test_run_rm_of_a_payload_that_exits_at_once_frees_its_lease(mini: Cli) -> None:
+    """``true`` exits before the starter records its NetworkSettings; the monitor's removal
+    must free the lease all the same (else every such run leaked an address of the subnet)."""
+    from pytest_minidock.runtime.network import Networks
+
+    for _ in range(3):
+        assert mini("run", "--rm", "busybox", "true").returncode == 0
+    assert Networks(mini.root).default().endpoints == ()
+
+
+@pytest.mark.netns
+def test_a_subnet_full_of_leases_of_gone_containers_is_reclaimed(mini: Cli) -> None:
+    """Leases whose containers are gone (a crash mid-removal) are freed when a start finds the
+    subnet full, instead of failing with 'no free address left'."""
+    from pytest_minidock.runtime.network import Networks
+
+    mini.ok("network", "create", "--subnet", "10.251.7.0/29", "tiny")
+    try:
+        nets = Networks(mini.root)
+        ghosts = 0
+        with contextlib.suppress(MinidockError):
+            while True:  # every host address of the /29 but the gateway's
+                nets.lease("tiny", f"{ghosts:064x}", name=f"ghost{ghosts}")
+                ghosts += 1
+        assert ghosts == 5
+        res = mini("run", "--rm", "--network", "tiny", "busybox", "true")
+        assert res.returncode == 0, res.stderr
+        assert nets.get("tiny").endpoints == ()
+    finally:
+        mini.ok("network", "rm", "tiny")
+
+
 def test_run_detached_prints_the_full_id(mini: Cli) -> None:
     cid = mini.cid("run", "-d", "busybox", "sleep", "30")
     assert mini.engine.container(cid).state.running()

@@ -806,6 +806,9 @@ def test_the_kit_is_the_system_mounts_of_a_plan_made_over_pid1s_own_directories(
     ]
     assert show(plan_kit(), "/nowhere") == [
         "mount none / - rec|private",
+        # (an empty read-only tmpfs under the new sysfs: on the host's network, the host's
+        # sysfs superblock would not go over /sys itself)
+        "mount tmpfs /sys tmpfs rdonly|nosuid|nodev|noexec",
         *(line.replace("$R", "") for line in system),
     ]
 
@@ -852,3 +855,78 @@ def test_the_kit_is_not_used_where_it_would_make_a_difference(
     settings: dict[str, Any] = {"init_layer": make_init_layer(str(tmp_path / "init")), "kit": True}
     assert uses_kit(plan_rootfs(config(tmp_path, **settings)))
     assert not uses_kit(plan_rootfs(config(tmp_path, **{**settings, **change})))
+
+
+# ---- look-ups in read-only layers are kept ---------------------------------------------------
+
+
+def test_lookups_in_the_image_layers_are_kept_while_the_upper_dir_is_read_each_time(
+    tmp_path: Path,
+) -> None:
+    from pytest_minidock.runtime.mounts import _Tree
+
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    upper.mkdir()
+    (lower / "data").mkdir(parents=True)
+    layers = (str(upper), str(lower))
+    assert _Tree(layers, False, str(upper))._lookup("data", layers) == (
+        "d",
+        (str(lower / "data"),),
+        "",
+    )
+    (lower / "data").rmdir()  # (a snapshot never changes: what was found there stays found)
+    assert _Tree(layers, False, str(upper))._lookup("data", layers)[0] == "d"
+    assert _Tree(layers, False)._lookup("data", layers)[0] == "-"  # (nothing kept without it)
+    os.symlink("/elsewhere", upper / "data")  # the container's own upper dir: read every time
+    assert _Tree(layers, False, str(upper))._lookup("data", layers) == ("l", (), "/elsewhere")
+
+
+# ---- an overlay mounted ahead (a zygote's premount) ------------------------------------------
+
+
+def test_overlay_parts_reads_the_plans_own_overlay_data(tmp_path: Path) -> None:
+    from pytest_minidock.runtime.mounts import make_init_layer, overlay_parts
+
+    init = make_init_layer(str(tmp_path / "init"))
+    plan = plan_rootfs(config(tmp_path, init_layer=init, volatile=True))
+    (data,) = [op.data for op in plan if op.fstype == "overlay"]
+    lower, upper, work, options = overlay_parts(data) or ("", "", "", "")
+    assert lower.split(":")[0] == init
+    c = tmp_path / "c"
+    assert (upper, work, options) == (str(c / "upper"), str(c / "work"), ",volatile")
+    assert overlay_parts("lowerdir=/a\\,b,upperdir=/u,workdir=/w") is None  # escapes: never
+    assert overlay_parts("lowerdir=a:b,upperdir=u,workdir=w") is None  # relative: never
+
+
+def test_a_premount_fits_the_same_layers_only_while_they_are_the_same_directories(
+    tmp_path: Path,
+) -> None:
+    from pytest_minidock.runtime.mounts import premount
+
+    lower = tmp_path / "layer"
+    lower.mkdir()
+    rec = RecordingSyscalls()
+    staged = str(tmp_path / "staged")
+    pre = premount(staged, str(lower), ",volatile", rec)
+    assert rec.calls == [
+        ("mkdir", staged, 0o755),
+        ("mkdir", f"{staged}/upper", 0o755),
+        ("mkdir", f"{staged}/work", 0o755),
+        ("mkdir", f"{staged}/rootfs", 0o755),
+        (
+            "mount",
+            "overlay",
+            f"{staged}/rootfs",
+            "overlay",
+            0,
+            f"lowerdir={lower},upperdir={staged}/upper,workdir={staged}/work,volatile",
+        ),
+    ]
+    assert pre.fits(str(lower), ",volatile")
+    assert not pre.fits(str(lower), "")  # other options
+    assert not pre.fits(f"{lower}:{lower}", ",volatile")  # other layers
+    lower.rmdir()
+    lower.mkdir()  # removed and made again (an image deleted and pulled again): not the same
+    assert not pre.fits(str(lower), ",volatile")
+    lower.rmdir()
+    assert not pre.fits(str(lower), ",volatile")

@@ -146,10 +146,12 @@ def test_spares_of_makers_that_are_gone_are_removed(tmp_path: Path) -> None:
     sd.make_spare(dead)
     (sd.spares / f".{dead}-half").mkdir()  # half made when its maker died
     (sd.spares / "junk").mkdir()
+    (sd.workroom(dead) / "z1234").mkdir()  # a staged directory of one of its zygotes
     sd.remove_spares()
     assert sorted(os.listdir(sd.spares)) == sorted(
-        n for n in os.listdir(sd.spares) if n.startswith(me)
+        n for n in os.listdir(sd.spares) if n.removeprefix(".").startswith(me)
     )
+    assert f".{me}-work" in os.listdir(sd.spares)  # (where it makes them: its own)
     assert sd.spare_count(me) == 1
     assert sd.spare_count(dead) == 0
 
