@@ -191,9 +191,13 @@ def entry() -> int:
 
 
 def _nothing_at_exit() -> bool:
-    """Whether the interpreter's exit would only free memory: no ``atexit`` callbacks and no
-    other live threads (daemon threads included: one may be mid-write)."""
+    """Whether the interpreter's exit would only free memory: no ``atexit`` callbacks, no other
+    live threads (daemon threads included: one may be mid-write) and no profiler or tracer
+    (``python -m cProfile -m pytest_minidock`` writes its stats after the command returns)."""
     import atexit
+
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return False
 
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:

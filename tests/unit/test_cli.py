@@ -260,3 +260,14 @@ def test_starting_processes_as_an_ordinary_user_is_one_clear_line(
     assert err.startswith(f"Error: minidock {args[0]} needs root for now")
     assert err.count("\n") == 1
     assert out == ""
+
+
+def test_exit_keeps_the_teardown_under_a_profiler() -> None:
+    from pytest_minidock.cli import _nothing_at_exit
+
+    previous = sys.getprofile()
+    sys.setprofile(lambda frame, event, arg: None)
+    try:
+        assert _nothing_at_exit() is False
+    finally:
+        sys.setprofile(previous)
