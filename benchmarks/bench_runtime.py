@@ -59,6 +59,8 @@ private ``PYTHONPYCACHEPREFIX`` as an installed package has it, even under
 ``PYTHONDONTWRITEBYTECODE`` (which would recompile every edited module at each start)."""
 TARGET_LIB_MS = 10.0
 TARGET_CLI_MS = 60.0
+TARGET_CLI_BRIDGE_MS = 150.0
+"""Issue 3's target for ``minidock run --rm busybox true`` on the default bridge network."""
 TARGET_MEM_MB = 2.0
 
 
@@ -791,9 +793,9 @@ def summary(
         return others[who][i] if len(others[who]) > i else None
 
     d, p = [other("docker", i) for i in (0, 1)], [other("podman", i) for i in (0, 1)]
-    row("CLI run --rm busybox true", TARGET_CLI_MS, cli[4], d[0], p[0])
+    row("CLI run --rm busybox true", TARGET_CLI_BRIDGE_MS, cli[4], d[0], p[0])
     row("CLI run --rm --network none", TARGET_CLI_MS, cli[5], d[1], p[1])
-    row("CLI run --rm, python -S (no .pth)", TARGET_CLI_MS, cli[6], d[0], p[0])
+    row("CLI run --rm, python -S (no .pth)", TARGET_CLI_BRIDGE_MS, cli[6], d[0], p[0])
 
     def mem_mb(m: Memory | None) -> float | None:
         return None if m is None else m.beyond_payload_pss() / 1024
