@@ -1,7 +1,8 @@
 """Whether a session starts its containers through the runtime's launcher: only when the collected
 tests will start at least ``LAUNCHER_MIN_CONTAINERS`` (counted at collection, when the launcher
-is then started ahead); a session with a container or two forks them itself. Either way they are
-on the session network, die with the session and leave nothing."""
+is then started ahead); a session with a container or two forks them itself. Either way they die
+with the session and leave nothing; a session's lone container is on the default bridge, more are
+on the session network."""
 
 from __future__ import annotations
 
@@ -121,7 +122,10 @@ def test_a_few_containers_are_forked_by_the_session_more_by_its_launcher(
     parents = [row["parent"] for row in rows]
     assert len(parents) == tests
     (network,) = {row["network"] for row in rows}
-    assert network.startswith("minidock-"), network
+    if tests == 1:  # a lone container needs no session network: the default bridge
+        assert network == "default", network
+    else:
+        assert network.startswith("minidock-"), network
     assert all(row["ip"] for row in rows)
     via_launcher = [p for p in parents if "runtime.launcher" in p]
     if tests < LAUNCHER_MIN_CONTAINERS:
@@ -129,3 +133,25 @@ def test_a_few_containers_are_forked_by_the_session_more_by_its_launcher(
     else:
         assert via_launcher == parents
     # (the engine fixture fails the test if a container or a network was left)
+
+
+@pytest.mark.parametrize(
+    ("expected", "reuse", "keep_all", "retention", "alone"),
+    [
+        (1, False, False, "none", True),
+        (2, False, False, "none", False),  # two containers (or one and its link)
+        (None, False, False, "none", False),  # the minidock engine or build(): unknown
+        (1, True, False, "none", False),  # reattached next run: the stable session network
+        (1, False, True, "none", False),  # kept with its network
+        (1, False, False, "failed", False),
+    ],
+)
+def test_a_lone_container_goes_on_the_default_bridge_only_when_nothing_is_kept(
+    expected: int | None, reuse: bool, keep_all: bool, retention: str, alone: bool
+) -> None:
+    from pytest_minidock.fixtures.session import MinidockSession
+
+    session = MinidockSession.__new__(MinidockSession)
+    session.expected, session.reuse, session.keep_all = expected, reuse, keep_all
+    session.retention = retention
+    assert session._alone() is alone
