@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> int:
     """The ``minidock`` console script: :func:`main`, then, when nothing is left to run at exit,
     leave without the interpreter's teardown (freeing every module and object costs ~10 ms
-    per command here). Returns the status only when the usual exit must run: ``atexit``
-    callbacks are registered, or threads other than the main one are still alive."""
+    per command here). Returns the status only when the usual exit must run (see
+    ``_nothing_at_exit``). The collector's threshold is raised for the whole command."""
     import gc
 
     # Imports make tens of thousands of objects and next to no cycles: the collector's passes
@@ -198,7 +198,6 @@ def _nothing_at_exit() -> bool:
 
     if sys.getprofile() is not None or sys.gettrace() is not None:
         return False
-
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
         return False

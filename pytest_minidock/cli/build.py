@@ -7,7 +7,6 @@ loaded at start (not even ``typing``): each import there is a cost of every ``mi
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
@@ -94,27 +93,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if memo_key is not None and _answer_from_memo(args, root, memo_key):
         return 0
 
-    # The cyclic garbage collector stays off while the build imports and runs: a build makes
-    # tens of thousands of objects (modules, classes, records) and next to no reference cycles,
-    # so its passes over them (~40 young-generation ones) would only cost time (~10 ms of a
-    # cold build here). Reference counting still frees memory; the RUN steps' monitors, forked
-    # from here, pump output without making cycles either. Afterwards what survived joins the
-    # oldest generation unscanned (freeze, unfreeze: two list splices), or the first young
-    # collection would scan it all at once (a caller in the same process goes on with it).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        result = _build(
-            args, root, dockerfile=dockerfile, build_args=build_args, secrets=secrets, text=text
-        )
-        if memo_key is not None and result.inputs is not None:
-            _write_memo(root, memo_key, result, args.tag)
-    finally:
-        if collecting:
-            if gc.get_freeze_count() == 0:  # (never thaw what a caller froze)
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
+    result = _build(
+        args, root, dockerfile=dockerfile, build_args=build_args, secrets=secrets, text=text
+    )
+    if memo_key is not None and result.inputs is not None:
+        _write_memo(root, memo_key, result, args.tag)
     if args.quiet:
         print(result.id)
     return 0
