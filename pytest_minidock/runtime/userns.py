@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.errors import PrivilegeError
+from pytest_minidock.runtime._sys import CLONE_NEWNS, CLONE_NEWUSER
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -39,9 +40,6 @@ __all__ = [
     "unavailable_reason",
     "write_maps",
 ]
-
-CLONE_NEWUSER: Final = 0x10000000
-CLONE_NEWNS: Final = 0x00020000
 
 
 @dataclass(frozen=True, slots=True)
