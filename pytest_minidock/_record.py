@@ -216,8 +216,10 @@ def _make_methods(
     order: bool,
     frozen: bool,
     hash_action: str,
+    owner: list[type],
 ) -> dict[str, Any]:
-    """Generate the methods with one ``exec`` and return those the class does not define."""
+    """Generate the methods and return those the class does not define. ``owner`` holds the
+    class the methods belong to: ``_with_slots`` rebinds it to the slotted copy it makes."""
     names: dict[str, Any] = {"_MISSING": MISSING, "_FACTORY": _FACTORY}
     lines: list[str] = []
     own = cls.__dict__
@@ -293,22 +295,22 @@ def _make_methods(
         for name in ("__setattr__", "__delattr__"):
             if name in own:
                 raise TypeError(f"cannot overwrite attribute {name} in class {cls.__qualname__}")
-        methods.update(_frozen_methods(cls, frozenset(all_fields)))
+        methods.update(_frozen_methods(frozenset(all_fields), owner))
 
     for name, fn in methods.items():
         fn.__qualname__ = f"{cls.__qualname__}.{name}"
         fn.__module__ = cls.__module__
     if lines:
-        methods["__init__"] = _deferred_init(cls, "\n".join(lines), names)
+        methods["__init__"] = _deferred_init(cls, "\n".join(lines), names, owner)
     return methods
 
 
-def _deferred_init(cls: type, source: str, names: dict[str, Any]) -> Callable[..., None]:
+def _deferred_init(
+    cls: type, source: str, names: dict[str, Any], owner: list[type]
+) -> Callable[..., None]:
     """An ``__init__`` that compiles the record's real one on the first call and puts it in
-    its place. Compiling costs ~0.15 ms a class, and a command imports many record classes
-    it never instantiates. ``__init__.owner`` is rebound to the slotted copy of the class when
-    ``slots=True`` makes one."""
-    owner: list[type] = [cls]
+    its place (on ``owner[0]``: the slotted copy when ``slots=True`` makes one). Compiling
+    costs ~0.15 ms a class, and a command imports many record classes it never instantiates."""
     qualname = f"{cls.__qualname__}.__init__"
     module = cls.__module__
 
@@ -325,7 +327,6 @@ def _deferred_init(cls: type, source: str, names: dict[str, Any]) -> Callable[..
                 type.__setattr__(target, "__init__", real)
         real(self, *args, **kwargs)
 
-    __init__.owner = owner  # type: ignore[attr-defined]
     __init__.__qualname__ = qualname
     __init__.__module__ = module
     return __init__
@@ -360,10 +361,9 @@ def _compare_method(
     return compare
 
 
-def _frozen_methods(cls: type, field_names: frozenset[str]) -> dict[str, Callable[..., None]]:
-    # ``owner`` is rebound to the slotted copy of the class when ``slots=True`` makes one.
-    owner: list[type] = [cls]
-
+def _frozen_methods(
+    field_names: frozenset[str], owner: list[type]
+) -> dict[str, Callable[..., None]]:
     def __setattr__(self: Any, name: str, value: Any) -> None:
         if self.__class__ is owner[0] or name in field_names:
             raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -376,7 +376,6 @@ def _frozen_methods(cls: type, field_names: frozenset[str]) -> dict[str, Callabl
         parent: Any = super(owner[0], self)
         parent.__delattr__(name)
 
-    __setattr__.owner = owner  # type: ignore[attr-defined]
     return {"__setattr__": __setattr__, "__delattr__": __delattr__}
 
 
@@ -423,6 +422,7 @@ def _process(
         hash_action = "none"
     else:
         hash_action = ""
+    owner: list[type] = [cls]
     methods = _make_methods(
         cls,
         all_fields,
@@ -432,6 +432,7 @@ def _process(
         order=order,
         frozen=frozen,
         hash_action=hash_action,
+        owner=owner,
     )
     for name, fn in methods.items():
         setattr(cls, name, fn)
@@ -448,6 +449,7 @@ def _process(
         )
     if slots:
         cls = _with_slots(cls, all_fields, frozen)
+        owner[0] = cls  # the frozen and __init__ methods work on the slotted copy
     return cls
 
 
@@ -474,11 +476,6 @@ def _with_slots(cls: type[_T], all_fields: dict[str, Field], frozen: bool) -> ty
             new.__getstate__ = _frozen_getstate
         if "__setstate__" not in body:
             new.__setstate__ = _frozen_setstate
-        # The frozen __setattr__/__delattr__ compare with the class they were made for.
-        body["__setattr__"].owner[0] = new
-    init_owner = getattr(body.get("__init__"), "owner", None)
-    if init_owner is not None:  # a deferred __init__ installs itself on the slotted class
-        init_owner[0] = new
     return new  # type: ignore[no-any-return]
 
 
