@@ -3,6 +3,7 @@ what does not: containers of a pytest killed by SIGKILL or SIGTERM, cleaned on t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from pytest_minidock.errors import MinidockError
 from tests.plugin.conftest import INNER, inner_args, process_exists, remove, running
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from pytest_minidock.api import Engine
@@ -193,11 +195,13 @@ client = container("busybox", command="sleep 600", wait=wait.none(), links=[db])
             assert record.id not in ids
 
 
+@contextlib.contextmanager
 def _pytest_process(
     pytester: pytest.Pytester, root: Path, out: Path, *args: str
-) -> subprocess.Popen[bytes]:
+) -> Iterator[subprocess.Popen[bytes]]:
+    """An inner pytest as a process; killed (if still running) and reaped on the way out."""
     env = {**os.environ, "OUT": str(out)}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", *INNER, f"--minidock-root={root}", *args],
         cwd=pytester.path,
         env=env,
@@ -205,6 +209,14 @@ def _pytest_process(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 HANGING = """
@@ -238,17 +250,10 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) ->
 def _sigkill_once_started(pytester: pytest.Pytester, plugin_root: Path) -> dict[str, int]:
     """Run the inner pytest until its container started, SIGKILL it; what it reported."""
     out = pytester.path / "started.json"
-    proc = _pytest_process(pytester, plugin_root, out)
-    try:
+    with _pytest_process(pytester, plugin_root, out) as proc:
         started = _wait_for(out, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
     return started
 
 
@@ -284,15 +289,10 @@ def test_sigterm_tears_the_session_down(
     pytester.makeini(f"[pytest]\nminidock_retention = {retention}\n")
     pytester.makepyfile(HANGING)
     out = pytester.path / "started.json"
-    proc = _pytest_process(pytester, plugin_root, out)
-    try:
+    with _pytest_process(pytester, plugin_root, out) as proc:
         started = _wait_for(out, proc)
         os.kill(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert b"KeyboardInterrupt" in output, output.decode()
     assert _gone(started["pid"])
     # torn down, not merely killed: nothing left on disk, even for a detached (keepable) one

@@ -258,19 +258,12 @@ def test_sigkill_with_a_removal_pending_leaves_nothing_running(
 ) -> None:
     pytester.makepyfile(SLOW_REMOVAL)
     out = pytester.path / "started.json"
-    proc = _pytest_process(pytester, plugin_root, out)
-    try:
+    with _pytest_process(pytester, plugin_root, out) as proc:
         second = _wait_for(out, proc)
         first: dict[str, int] = json.loads((pytester.path / "started.json.first").read_text())
         assert running(engine, str(first["id"]))  # test_a is over, its removal is stuck
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
     for started in (first, second):
         assert _gone(started["pid"]), "a container's PID 1 outlived the killed pytest"
         assert not running(engine, str(started["id"]))
