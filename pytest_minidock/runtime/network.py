@@ -127,6 +127,8 @@ DEFAULT_POOLS: Final = ("10.210.0.0/15", "172.26.0.0/15", "192.168.240.0/20")
 """Where subnets are taken from (as /24s) when none is asked for; see ``choose_subnet``."""
 PREDEFINED: Final = ("bridge", "host", "none")
 DEFAULT_NETWORK: Final = "bridge"
+_RESERVED: Final = frozenset((*PREDEFINED, "default"))
+"""Names no user network can have: the pre-defined ones and ``default`` (the bridge's alias)."""
 _NAME_RE: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _ALIAS_RE: Final = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]*")
 _GLOBAL_LOCK: Final = Path("/run/minidock/subnets.lock")
@@ -1211,7 +1213,7 @@ class Networks:
         ``owner``: the session the network belongs to (``cleanup`` removes it once that process
         is gone); None for networks that persist, like the CLI's.
         """
-        if name in (*PREDEFINED, "default"):
+        if name in _RESERVED:
             raise UsageError(f"{name} is a pre-defined network and cannot be created")
         return self._create(
             name, subnet=subnet, gateway=gateway, internal=internal, labels=labels, owner=owner
@@ -1358,7 +1360,7 @@ class Networks:
         and overlaps the two. The state is not touched (no lock is taken): ``remove`` then
         finds the bridge gone, as it would after a reboot, and a crash meanwhile leaves a
         network that the next ``cleanup`` removes like any other whose owner is gone."""
-        if name in (*PREDEFINED, "default"):
+        if name in _RESERVED:
             return False
         try:
             net = self._read().find(name)
@@ -1375,7 +1377,7 @@ class Networks:
     def remove(self, name: str, *, force: bool = False) -> None:
         """``docker network rm``: refused while containers are attached, unless ``force``
         (which detaches them). The pre-defined networks cannot be removed."""
-        if name in (*PREDEFINED, "default"):
+        if name in _RESERVED:
             raise NetworkError(f"{name} is a pre-defined network and cannot be removed")
         with self._locked() as state:
             net = state.find(name)
