@@ -35,7 +35,8 @@
     │   ├── NetworkNotFound          no network by that name or ID
     │   ├── PortInUse                a host port asked for with ``-p`` is taken (names it)
     │   └── SubnetExhausted          every address of a network's subnet is leased
-    └── PrivilegeError               the machine or user lacks a capability that is needed
+    └── PrivilegeError               the machine or user lacks a capability that is needed (user
+                                     namespaces for rootless mode, a cgroup controller, ...)
 
 Foreign errors (``OSError``, ``json.JSONDecodeError``, HTTP errors) are translated at one boundary
 each with ``raise ... from exc``. Messages are lower-case, name the path, reference or port involved

@@ -121,7 +121,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--root",
         default=None,
         help="store root (default: $MINIDOCK_ROOT, /var/lib/minidock for root, "
-        "~/.local/share/minidock otherwise)",
+        "$XDG_DATA_HOME/minidock or ~/.local/share/minidock for other users, whose "
+        "containers run rootless)",
     )
     parser.add_argument("--version", action="version", version=f"minidock {__version__}")
     real = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -32,16 +32,16 @@ def _engine(args: argparse.Namespace) -> Engine:
     return Engine(args.root, launcher=False)
 
 
-def _require_root(command: str) -> None:
-    """Starting processes in containers needs root until rootless mode (issue 8) is there: say
-    so in one line instead of failing on the first namespace with a bare errno."""
-    if os.geteuid() != 0:
-        from pytest_minidock.errors import PrivilegeError
+def _require_namespaces() -> None:
+    """As an ordinary user, containers run in a user namespace (rootless mode): where the machine
+    forbids those, say so first thing, in one line naming the setting to change, rather than
+    after pulling the image or with a bare errno from the first namespace."""
+    from pytest_minidock.capabilities import host_root
 
-        raise PrivilegeError(
-            f"minidock {command} needs root for now (rootless mode is not there yet): run it as "
-            "root, e.g. 'sudo minidock ...'; images, ps, logs and inspect work for any user"
-        )
+    if not host_root():
+        from pytest_minidock.runtime.userns import check_available
+
+        check_available()
 
 
 def _overrides(args: argparse.Namespace, engine: Engine) -> Overrides:
@@ -99,7 +99,7 @@ def _raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _require_root("run")
+    _require_namespaces()
     engine = _engine(args)
     record = _create(engine, args, detached=args.detach)
     if args.detach:
@@ -154,7 +154,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    _require_root("start")
+    _require_namespaces()
     engine = _engine(args)
     if args.attach:  # docker attaches to the first container only
         record = engine.container(args.containers[0])
@@ -238,7 +238,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from pytest_minidock.runtime.container import Stdio
     from pytest_minidock.spec import parse_env
 
-    _require_root("exec")
+    _require_namespaces()
     engine = _engine(args)
     stdio = Stdio(stdin=0 if args.interactive else None, stdout=1, stderr=2, tty=args.tty)
     with _raw_terminal(0, args.tty and args.interactive):

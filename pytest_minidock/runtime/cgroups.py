@@ -21,6 +21,13 @@ With no usable hierarchy at all :func:`detect` returns a :class:`NullManager`: c
 limits still run (their :class:`NullCgroup` only remembers the pids it was given), and asking for
 a limit raises ``PrivilegeError`` naming the limit and what is missing.
 
+Rootless (an ordinary user, or the root of their user namespace): the machine's hierarchies are
+root's. What a user may write is a cgroup v2 subtree delegated to them (systemd's
+``user@UID.service``, which a process started with ``systemd-run --user --scope`` lives in):
+:func:`delegated_mount` finds the highest group above the process's own that the user owns, and
+:func:`detect` uses it as if it were a cgroup2 mount. Limits no hierarchy can apply are dropped
+for rootless containers instead of refused (:func:`drop_unavailable`), each said once.
+
 Swap: ``Limits.memory_swap`` is docker's ``--memory-swap``, the total of memory plus swap, and
 ``-1`` means unlimited swap. When it is ``None`` minidock allows **no** swap (total = memory),
 unlike docker's default of total = 2 x memory: a test container that outgrows its limit is then
@@ -75,7 +82,9 @@ __all__ = [
     "NullCgroup",
     "NullManager",
     "cpu_weight",
+    "delegated_mount",
     "detect",
+    "drop_unavailable",
     "parse_cpus",
     "parse_memory",
     "parse_memory_swap",
@@ -550,6 +559,85 @@ def select_hierarchies(
     return roles, reasons
 
 
+def delegated_mount(
+    mounts: Iterable[Mount],
+    own_cgroup: str,
+    uid: int,
+    *,
+    owner: Callable[[str], int] | None = None,
+) -> Mount | None:
+    """Rootless: the cgroup v2 subtree delegated to ``uid`` that holds this process, as a
+    ``Mount`` (its top group as mount point); None if there is none.
+
+    ``own_cgroup`` is the text of ``/proc/self/cgroup`` (its ``0::PATH`` line names our group).
+    The subtree's top is the highest group on the way up from ours that ``uid`` owns (``owner``
+    gives a path's owner, default ``os.stat``) and may write, below the mount itself (root's)."""
+    path = next((line[3:] for line in own_cgroup.splitlines() if line.startswith("0::")), None)
+    if not path or not path.startswith("/"):
+        return None
+    owner = owner or (lambda p: os.stat(p).st_uid)
+
+    def ours(directory: str) -> bool:
+        try:
+            return (
+                owner(directory) == uid
+                and os.access(directory, os.W_OK)
+                and os.access(f"{directory}/cgroup.procs", os.W_OK)
+            )
+        except OSError:
+            return False
+
+    for mount in mounts:
+        if mount.version != 2:
+            continue
+        top = mount.mount_point.rstrip("/")
+        here = top + path.rstrip("/")
+        if here == top or not os.path.isdir(here):
+            continue
+        best = None
+        while here != top and ours(here):
+            best = here
+            here = os.path.dirname(here)
+        if best is not None:
+            return Mount(best, 2, frozenset())
+    return None
+
+
+_warned: set[str] = set()
+"""The limits :func:`drop_unavailable` said it dropped (each said once per process)."""
+
+
+def drop_unavailable(limits: Limits, manager: CgroupManager, *, uid: int | None = None) -> Limits:
+    """``limits`` without those ``manager`` has no controller for (rootless: a container runs
+    without a limit it cannot have rather than not at all). Each dropped limit is said once per
+    process, on stderr, with what would give it (``uid``: the user's host uid, for the hint)."""
+    roles = manager.hierarchies
+    gone = {name for _, name in limits.needs() if name not in roles}
+    if not gone:
+        return limits
+    flags = [flag for flag, name in limits.needs() if name in gone and flag not in _warned]
+    if flags:
+        import sys
+
+        _warned.update(flags)
+        who = f"user@{uid}.service" if uid is not None else "user@UID.service"
+        names = sorted(gone)
+        what = " and ".join(names) + (" controllers" if len(names) > 1 else " controller")
+        print(
+            f"minidock: rootless containers run without {', '.join(flags)} here: no cgroup this "
+            f"user may write has the {what} (a cgroup v2 subtree delegated by systemd's {who}, "
+            "e.g. under `systemd-run --user --scope`, gives them)",
+            file=sys.stderr,
+        )
+    return Limits(
+        memory=None if "memory" in gone else limits.memory,
+        memory_swap=None if "memory" in gone else limits.memory_swap,
+        cpus=None if "cpu" in gone else limits.cpus,
+        pids=None if "pids" in gone else limits.pids,
+        cpu_shares=None if "cpu" in gone else limits.cpu_shares,
+    )
+
+
 _CACHE: dict[tuple[str, str], CgroupManager] = {}
 
 
@@ -571,7 +659,15 @@ def detect(
         text = _read(key[1])
     except OSError as exc:
         raise RuntimeFailure(f"cannot read {key[1]}: {exc.strerror}") from exc
-    roles, reasons = select_hierarchies(parse_mountinfo(text))
+    mounts = parse_mountinfo(text)
+    from pytest_minidock.capabilities import host_root
+
+    if not host_root() and os.fspath(mountinfo) == _MOUNTINFO:  # rootless: our own subtree
+        with contextlib.suppress(OSError):  # (owners as this process sees them: its euid)
+            found = delegated_mount(mounts, _read("/proc/self/cgroup"), os.geteuid())
+            if found is not None:
+                mounts = [found, *mounts]
+    roles, reasons = select_hierarchies(mounts)
     manager: CgroupManager
     if "procs" in roles:
         manager = CgroupfsManager(roles, root_name, reasons)

@@ -36,6 +36,17 @@ If the owner is killed, even by SIGKILL, the kernel kills the monitor, then PID 
 every process of the PID namespace; all mounts lived in the container's private mount namespace
 and vanish with it. What is left on disk (state, cgroup directory) is cleaned by
 ``cleanup_leftovers`` on the next start.
+
+Rootless (the owner is not root on the host, ``capabilities.host_root``), the same code runs: the
+process that makes a container's namespaces (the launcher, or a monitor forked from the owner)
+first becomes root of a user namespace of its own (``userns.become_root``), and all the above
+happens inside it. What differs: devices are bound from the host's ``/dev``, not made; the
+overlay reads ``user.overlay.*`` xattrs (``userxattr``); on the host's network the host's
+``/sys`` is bound (a new sysfs needs the network namespace's owner); a ``--user`` must be mapped
+in the namespace (checked by the owner, one clear line if not); ``exec`` and ``cp`` first join
+the user namespace owning the container's namespaces; limits no cgroup of the user's can apply
+are dropped, each said once; and a container on a network of its own is refused in one line
+(``_rootless_network_unsupported``) until rootless networks exist.
 """
 
 from __future__ import annotations
@@ -48,7 +59,8 @@ import time
 from pathlib import Path
 
 from pytest_minidock._record import dataclass, replace
-from pytest_minidock.errors import MinidockError, RuntimeFailure, UsageError
+from pytest_minidock.capabilities import host_root
+from pytest_minidock.errors import MinidockError, PrivilegeError, RuntimeFailure, UsageError
 from pytest_minidock.runtime.logs import LogWriter
 from pytest_minidock.runtime.state import (
     ContainerRecord,
@@ -310,6 +322,18 @@ def _network_name(spec: ContainerSpec) -> str | None:
     return "bridge" if spec.network == "default" else spec.network
 
 
+def _rootless_network_unsupported(spec: ContainerSpec) -> None:
+    """Rootless: ``PrivilegeError`` for a container on a network of its own (``bridge``, a user
+    network): those need root until rootless networks exist. ``none`` (loopback only) and
+    ``host`` (the user's own network namespace) work."""
+    network = _network_name(spec)
+    if network is not None:
+        raise PrivilegeError(
+            f"network {network!r} needs root for now: rootless containers can use "
+            "--network none (loopback only) or --network host (the host's network)"
+        )
+
+
 def _read_all(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -392,6 +416,8 @@ class Runtime:
         cid: str | None = None,
     ) -> ContainerRecord:
         """Make a container's directory, config and ``created`` state (no process yet)."""
+        if not host_root():
+            _rootless_network_unsupported(spec)
         cid = cid or new_id()
         d = self.state.dir(cid)
         spare = self.state.take_spare(cid)  # (a launcher makes them ahead: see StateDir)
@@ -474,7 +500,19 @@ class Runtime:
         the container cannot start.
         """
         record, spec = self._record_and_spec(cid)
-        launch = self._prepare(record, spec, stdio or Stdio(), bound=not detached)
+        rootless = not host_root()
+        try:
+            if rootless:
+                from pytest_minidock.runtime.userns import check_available
+
+                check_available()
+                _rootless_network_unsupported(spec)
+            launch = self._prepare(record, spec, stdio or Stdio(), bound=not detached)
+        except MinidockError:
+            if rootless and record.config.get("AutoRemove"):  # (root: as it always was)
+                with contextlib.suppress(MinidockError):
+                    self.remove(record.id, force=True)
+            raise
         network = _network_name(spec)
         reserved: PublishedPorts | None = None
         go_w = -1
@@ -681,12 +719,24 @@ class Runtime:
                     _users.clear()
                 _users[key] = user
         env = merge_env(("PATH=" + DEFAULT_PATH, f"HOME={user.home}"), spec.env)
+        root = host_root()
+        if not root:  # rootless: only the ids of the user namespace's map exist
+            from pytest_minidock.runtime.userns import check_mapped, mapped_groups
+
+            check_mapped(spec.user or "root", user.uid, user.gid)
+            user = replace(user, groups=tuple(mapped_groups(user.groups)))
         # A cgroup only for limits: the PID namespace already tracks and kills every process,
         # and moving a freshly forked process into a cgroup costs ~10-20 ms on this kernel.
-        cgroup = self.cgroups.create(record.id, _limits(spec)) if _wants_limits(spec) else None
+        cgroup = None
+        if _wants_limits(spec):
+            limits = _limits(spec)
+            if root:
+                cgroup = self.cgroups.create(record.id, limits)
+            else:
+                cgroup = self._some_limits(record, limits)
         try:
             binds, tmpfs = self._mounts(spec, record)
-            use_overlay = self._overlay(record, lowerdirs)
+            use_overlay = self._overlay(record, lowerdirs, rootless=not root)
             if use_overlay:  # started before: its last (volatile) overlay left a marker
                 mounts.clear_volatile(str(d / "work"))
             cfg = mounts.RootfsConfig(
@@ -705,7 +755,9 @@ class Runtime:
                 ),
                 workdir_in_container=spec.workdir or "/",
                 privileged=spec.privileged,
-                create_devices=os.geteuid() == 0,
+                create_devices=root,
+                userxattr=use_overlay and not root,
+                host_sys=not root and spec.network == "host",
                 kit=os.environ.get("MINIDOCK_KIT", "1") != "0",
                 init_layer=mounts.make_init_layer(str(self.root / "init-layer"))
                 if use_overlay
@@ -741,13 +793,26 @@ class Runtime:
             cgroup=cgroup,
         )
 
-    def _overlay(self, record: ContainerRecord, lowerdirs: tuple[str, ...]) -> bool:
-        """True to mount an overlay; else make sure the rootfs holds a merged copy of the image."""
+    def _some_limits(self, record: ContainerRecord, limits: Any) -> Cgroup | None:
+        """Rootless: the container's cgroup with the ``limits`` a delegated cgroup can apply
+        (None if none can); the others are dropped, and each dropped one said once."""
+        from pytest_minidock.capabilities import host_uid
+        from pytest_minidock.runtime import cgroups
+
+        manager = self.cgroups
+        kept = cgroups.drop_unavailable(limits, manager, uid=host_uid())
+        return manager.create(record.id, kept) if kept.requested else None
+
+    def _overlay(
+        self, record: ContainerRecord, lowerdirs: tuple[str, ...], *, rootless: bool = False
+    ) -> bool:
+        """True to mount an overlay; else make sure the rootfs holds a merged copy of the image
+        (``rootless``: the overlay is mounted in a user namespace)."""
         from pytest_minidock.runtime import fallback
 
-        if fallback.overlay_available():
+        if fallback.overlay_available(rootless=rootless):
             return True
-        fallback.warn_once()
+        fallback.warn_once(rootless=rootless)
         marker = record.dir / "rootfs.copied"
         if not marker.exists():
             fallback.materialize(lowerdirs, record.dir / "rootfs")
@@ -1039,6 +1104,34 @@ class Runtime:
                 for fd in ns_fds.values():
                     os.close(fd)
                 raise RuntimeFailure(f"cannot enter container {record.name}: {exc}") from exc
+        rootless = not host_root()
+        if rootless:  # the container's user namespace maps its ids: is the user's one of them?
+            try:
+                from pytest_minidock.runtime import userns
+
+                uids, gids = (
+                    userns.parse_map(Path(f"/proc/{pid1}/{kind}_map").read_text())
+                    for kind in ("uid", "gid")
+                )
+                userns.check_mapped(
+                    (spec.user if user is None else user) or "root",
+                    resolved.uid,
+                    resolved.gid,
+                    uids=uids,
+                    gids=gids,
+                )
+                resolved = replace(
+                    resolved, groups=tuple(userns.mapped_groups(resolved.groups, gids))
+                )
+            except BaseException:
+                for fd in ns_fds.values():
+                    os.close(fd)
+                raise
+        # (rootless: a namespace we are in already, the host's network, is not entered again:
+        # the kernel asks for its owner's capabilities even then)
+        joins = [
+            (ns, fd) for ns, fd in ns_fds.items() if not (rootless and _same_namespace(ns, fd))
+        ]
         root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         stdio = stdio or Stdio(stdin=None, stdout=1, stderr=2)
         out_pipe = err_pipe = None
@@ -1058,8 +1151,22 @@ class Runtime:
                     for p in cgroup_procs:
                         with contextlib.suppress(OSError), open(p, "w") as f:
                             f.write(str(os.getpid()))
-                    for ns in ("ipc", "uts", "net", "cgroup", "pid", "mnt"):
-                        self.sys.setns(ns_fds[ns], 0)
+                    entering = "user"
+                    try:
+                        if rootless:  # the user namespace that owns the container's first
+                            userns.join_owner(ns_fds["mnt"], self.sys)
+                        for ns, fd in joins:
+                            entering = ns
+                            self.sys.setns(fd, 0)
+                    except OSError as exc:
+                        with contextlib.suppress(OSError):
+                            os.write(
+                                sync_w,
+                                f"E {EXIT_RUNTIME} cannot enter container {record.name}: "
+                                f"setns into its {entering} namespace: "
+                                f"{exc.strerror or exc}\n".encode(),
+                            )
+                        raise
                     os.fchdir(root_fd)
                     os.chroot(".")
                     if stdio.tty:  # the container's devpts, so that tty/ttyname work inside
@@ -1219,6 +1326,14 @@ class Monitor:
                 self.sys.set_pdeathsig(_SIGKILL)
                 if parent and os.getppid() != parent:
                     os._exit(EXIT_RUNTIME)
+            if os.geteuid() != 0:  # rootless: namespaces need a user namespace of our own
+                from pytest_minidock.runtime.userns import become_root
+
+                become_root(self.sys)
+                if not detached:  # (kept across the unshare; said again all the same)
+                    self.sys.set_pdeathsig(_SIGKILL)
+                    if parent and os.getppid() != parent:
+                        os._exit(EXIT_RUNTIME)
             code = self._monitor(launch, sync_w)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -1592,6 +1707,12 @@ def remove_files(
     _remove_tree(trash)
 
 
+def _same_namespace(ns: str, fd: int) -> bool:
+    """Whether the namespace open as ``fd`` is this process's own ``ns`` namespace."""
+    theirs, ours = os.fstat(fd), os.stat(f"/proc/self/ns/{ns}")
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def _stdio_fds(stdio: Stdio) -> set[int]:
     return {fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None}
 
@@ -1654,7 +1775,19 @@ def _env_dict(env: Sequence[str]) -> dict[str, str]:
 def _drop_privileges(
     sys_: Syscalls, user: ResolvedUser | _Launch, keep_caps: frozenset[int] | None, privileged: bool
 ) -> None:  # pragma: no cover - child
-    os.setgroups(list(user.groups))
+    try:
+        os.setgroups(list(user.groups))
+    except PermissionError:
+        # rootless with the single mapping: the user namespace denies setgroups (the process
+        # keeps the supplementary groups it has, which the namespace cannot name anyway). (No
+        # import: the host's Python files are out of reach in the container's root.)
+        try:
+            with open("/proc/self/setgroups", "rb") as f:
+                denied = f.read().strip() == b"deny"
+        except OSError:
+            denied = False
+        if not denied:
+            raise
     os.setresgid(user.gid, user.gid, user.gid)
     if keep_caps is not None:
         sys_.drop_capabilities(keep_caps)
@@ -1804,6 +1937,16 @@ def _remove_tree(path: Path) -> None:
 
 
 def _remove_tree_slowly(path: Path) -> None:
+    from pytest_minidock.errors import StoreError
     from pytest_minidock.store.blobs import remove_tree
 
-    remove_tree(path)
+    try:
+        remove_tree(path)
+    except StoreError:
+        if os.geteuid() == 0:
+            raise
+        # rootless: what the container's other users made (files of subordinate ids) only the
+        # root of a user namespace that maps those ids may remove
+        from pytest_minidock.runtime.userns import run_as_root
+
+        run_as_root(lambda: remove_tree(path), f"cannot remove {path}")

@@ -1,8 +1,9 @@
 """Root filesystems without overlayfs: copy the image's layers into a plain directory.
 
-Used only where the kernel has no overlayfs (or ``MINIDOCK_OVERLAY=off`` asks for it): each
-container then gets its own merged copy of the image, made once when it first starts. It costs
-disk and start time, so the runtime says so once per process.
+Used only where the kernel has no overlayfs, where it refuses overlay mounts in a user namespace
+(rootless before Linux 5.11), or where ``MINIDOCK_OVERLAY=off`` asks for it: each container then
+gets its own merged copy of the image, made once when it first starts. It costs disk and start
+time, so the runtime says so once per process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import stat
 import sys
 from pathlib import Path
 
+from pytest_minidock.capabilities import host_root
 from pytest_minidock.errors import RuntimeFailure
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
@@ -32,8 +34,13 @@ class _Once:
     available: bool | None = None
 
 
-def overlay_available() -> bool:
-    """Whether overlay mounts can be used (``MINIDOCK_OVERLAY=off`` forces the fallback)."""
+USERNS_OVERLAY: tuple[int, int] = (5, 11)
+"""The first Linux release that mounts overlayfs in a user namespace."""
+
+
+def overlay_available(*, rootless: bool = False, release: str | None = None) -> bool:
+    """Whether overlay mounts can be used (``MINIDOCK_OVERLAY=off`` forces the fallback);
+    ``rootless``: in a user namespace, which needs Linux 5.11 (``release``: ``uname -r``)."""
     if os.environ.get("MINIDOCK_OVERLAY", "").lower() in ("off", "0", "no", "false"):
         return False
     if _Once.available is None:
@@ -43,19 +50,36 @@ def overlay_available() -> bool:
             fs = ""
         found = any(line.split()[-1:] == ["overlay"] for line in fs.splitlines())
         _Once.available = found or Path("/sys/module/overlay").exists()
+    if rootless and _Once.available:
+        return _release(release or os.uname().release) >= USERNS_OVERLAY
     return _Once.available
 
 
-def warn_once() -> None:
+def _release(text: str) -> tuple[int, int]:
+    parts = text.split("-", maxsplit=1)[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def warn_once(*, rootless: bool = False) -> None:
     """Tell the user, once per process, that containers are copies instead of overlays."""
     if not _Once.warned:
         _Once.warned = True
-        print(
-            "minidock: overlayfs is not available here, so each container gets a full copy of "
-            "its image (slower start, more disk); load the overlay module (modprobe overlay) "
-            "to avoid this",
-            file=sys.stderr,
-        )
+        if rootless and overlay_available():
+            why = (
+                "this kernel does not mount overlayfs in a user namespace (Linux 5.11 and later "
+                "do), so each rootless container gets a full copy of its image (slower start, "
+                "more disk); run as root or on a newer kernel to avoid this"
+            )
+        else:
+            why = (
+                "overlayfs is not available here, so each container gets a full copy of its "
+                "image (slower start, more disk); load the overlay module (modprobe overlay) "
+                "to avoid this"
+            )
+        print(f"minidock: {why}", file=sys.stderr)
 
 
 def _xattr(path: str, names: Sequence[str]) -> bytes | None:
@@ -75,7 +99,7 @@ def _remove(path: str) -> None:
 
 
 def _copy_meta(src_st: os.stat_result, dst: str) -> None:
-    if os.geteuid() == 0:
+    if host_root():  # (rootless: the copies belong to the user, root in the container)
         os.lchown(dst, src_st.st_uid, src_st.st_gid)
     if not stat.S_ISLNK(src_st.st_mode):
         os.chmod(dst, stat.S_IMODE(src_st.st_mode))

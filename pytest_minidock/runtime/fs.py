@@ -97,17 +97,28 @@ def commit_exclusions(record: ContainerRecord) -> Callable[[str], bool]:
 
 
 def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover - child
-    """In a forked helper: see the container's root as ``/``."""
-    from pytest_minidock.runtime import _sys
+    """In a forked helper: see the container's root as ``/``. Rootless, first the user
+    namespace of the running container, or one of the helper's own for a stopped one."""
+    from pytest_minidock.runtime import _sys, userns
 
+    rootless = not userns.host_root()
     if record.state.running():
         pid1 = record.state.pid
         root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY)
         ns_fd = os.open(f"/proc/{pid1}/ns/mnt", os.O_RDONLY)
-        sys_.setns(ns_fd, _sys.CLONE_NEWNS)
+        try:
+            if rootless:
+                userns.join_owner(ns_fd, sys_)
+            sys_.setns(ns_fd, _sys.CLONE_NEWNS)
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot enter container {record.name}: {exc.strerror or exc}"
+            ) from exc
         os.fchdir(root_fd)
         os.chroot(".")
         return
+    if rootless and os.geteuid() != 0:
+        userns.become_root(sys_)
     rootfs = record.dir / "rootfs"
     if (record.dir / "rootfs.copied").exists():  # no overlayfs: the rootfs is a plain copy
         os.chdir(rootfs)
@@ -120,6 +131,8 @@ def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover
     sys_.mount("none", "/", "", _sys.MS_REC | _sys.MS_PRIVATE, "")
     lower = ":".join(reversed(record.config["LowerDirs"]))
     data = f"lowerdir={lower},upperdir={record.dir / 'upper'},workdir={record.dir / 'work'}"
+    if rootless:  # (the snapshots' whiteouts are user.overlay.* ones)
+        data += ",userxattr"
     sys_.mount("overlay", str(rootfs), "overlay", 0, data)
     os.chdir(rootfs)
     os.chroot(".")
@@ -162,10 +175,11 @@ def copy_from_container(
 ) -> None:
     """``docker cp CONTAINER:SRC DEST``: into DEST/basename(SRC) when DEST is a directory, else
     as DEST (its parent must exist). The copies belong to the calling user, as docker's do,
-    unless ``archive`` (``cp -a``) keeps the container's uid/gid (root only)."""
+    unless ``archive`` (``cp -a``) keeps the container's uid/gid (root on the host only)."""
     import shutil
     import tarfile  # (here: the helper cannot import in the container's root)
 
+    from pytest_minidock.capabilities import host_root
     from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 
     if not src.startswith("/"):
@@ -192,7 +206,7 @@ def copy_from_container(
     tmp.mkdir()
     try:
         what = f"cannot copy {record.name}:{src}"
-        policy = ExtractPolicy(devices=False, chown=archive and os.geteuid() == 0, whiteout="xattr")
+        policy = ExtractPolicy(devices=False, chown=archive and host_root(), whiteout="xattr")
         try:
             with os.fdopen(read_fd, "rb") as stream:
                 extract_layer(stream, tmp, policy=policy, source=what)

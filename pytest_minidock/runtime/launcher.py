@@ -30,6 +30,12 @@ owner reads the pipe to its end. Nothing flows back on the socket.
 Detached containers (the CLI's ``run -d``/``start``) never go through the launcher: they must
 outlive their owner. Containers with resource limits neither (the cgroup is handled by the
 owner's cgroup manager). ``MINIDOCK_LAUNCHER=0`` (or ``Runtime(launcher=False)``) turns it off.
+
+Rootless (an ordinary user's owner), the launcher first becomes root of a user namespace of its
+own (``userns.become_root``: its containers' namespaces all belong to it). It may then not go
+back into the host's PID namespace after an ``unshare(CLONE_NEWPID)``, so each PID 1 is forked
+by an intermediate child instead, the launcher being a child subreaper (``_fork_pid1_through``).
+If it cannot get a user namespace, it answers every request with the reason.
 """
 
 from __future__ import annotations
@@ -412,6 +418,13 @@ class _Supervisor:  # pragma: no cover - the launcher process
         mount ahead (``mounts.premount``)."""
         self.stale_staged: list[str] = []
         """Staged directories of zygotes that are gone: the next zygote removes them."""
+        from pytest_minidock.capabilities import host_root
+
+        self.rootless = not host_root()
+        """Root of a user namespace of ours, not of the host (``main`` made it): PID 1s are
+        forked through an intermediate process (``_fork_pid1_through``)."""
+        if self.rootless:
+            sys_.set_child_subreaper()
 
     def note_overlay(self, request: dict[str, Any]) -> None:
         """Remember the overlay ``request`` mounts (see ``last_overlay``)."""
@@ -462,6 +475,8 @@ class _Supervisor:  # pragma: no cover - the launcher process
         from pytest_minidock.runtime import _sys
         from pytest_minidock.runtime.container import EXIT_RUNTIME
 
+        if self.rootless:
+            return self._fork_pid1_through(child)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = -1
@@ -489,6 +504,70 @@ class _Supervisor:  # pragma: no cover - the launcher process
                 os.close(err_w)
         return pid, out_r, err_r
 
+    def _fork_pid1_through(self, child: Callable[[int, int], None]) -> tuple[int, int, int]:
+        """``_fork_pid1`` rootless: our PID namespace is the host's, which the user namespace we
+        are root of does not own, so we may not ``setns`` back into it after an ``unshare``.
+        An intermediate child unshares and forks PID 1 instead, then exits; PID 1 becomes our
+        child (we are a child subreaper) and waits for our ``g`` (sent once we reaped the
+        intermediate, so that its parent is us) before its ``PR_SET_PDEATHSIG``. One more
+        fork than as root, off the start path for zygotes."""
+        from pytest_minidock.runtime import _sys
+        from pytest_minidock.runtime.container import EXIT_RUNTIME
+
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            mid = os.fork()
+        except BaseException:
+            for fd in (out_r, out_w, err_r, err_w, gate_r, gate_w, pid_r, pid_w):
+                os.close(fd)
+            raise
+        if mid == 0:  # pragma: no cover - the intermediate child
+            status = EXIT_RUNTIME
+            try:
+                os.close(pid_r)
+                os.close(gate_w)
+                try:
+                    self.sys.unshare(_sys.CLONE_NEWPID)
+                    pid = os.fork()
+                except OSError as exc:
+                    os.write(pid_w, f"E{exc}".encode())
+                    raise
+                if pid == 0:  # PID 1
+                    try:
+                        os.close(pid_w)
+                        if os.read(gate_r, 1) != b"g":  # the launcher is gone
+                            os._exit(EXIT_RUNTIME)
+                        os.close(gate_r)
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        child(out_w, err_w)
+                    finally:
+                        os._exit(EXIT_RUNTIME)
+                os.write(pid_w, str(pid).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        for fd in (out_w, err_w, gate_r, pid_w):
+            os.close(fd)
+        try:
+            os.waitpid(mid, 0)
+            text = os.read(pid_r, 4096)
+            if not text or text.startswith(b"E"):
+                why = text[1:].decode(errors="replace") or "its intermediate process died"
+                raise RuntimeFailure(f"cannot fork a PID 1: {why}")
+            os.write(gate_w, b"g")
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(gate_w)
+            os.close(pid_r)
+        return int(text), out_r, err_r
+
     def prefork(self, most: int = _ZYGOTES) -> None:
         """Keep ``most`` zygotes ready, and as many (``_HOST_ZYGOTES`` at most) for the host's
         network once wanted (call with no received descriptor open: they would inherit it)."""
@@ -496,6 +575,21 @@ class _Supervisor:  # pragma: no cover - the launcher process
             self._prefork_one(own_net=True)
         while self.host_wanted and len(self.host_zygotes) < min(most, _HOST_ZYGOTES):
             self._prefork_one(own_net=False)
+
+    def stop_zygotes(self) -> None:
+        """Kill the zygotes, and the PID 1s they became (which die with this process anyway),
+        and collect them: the launcher is about to exit."""
+        zygotes = self.zygotes + self.host_zygotes
+        self.zygotes, self.host_zygotes = [], []
+        pids = [zygote.pid for zygote in zygotes] + list(self.by_pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for zygote in zygotes:
+            zygote.close()
 
     def short(self) -> bool:
         """Whether a zygote is missing."""
@@ -531,7 +625,7 @@ class _Supervisor:  # pragma: no cover - the launcher process
             # host ports above all, which would stay bound after their exit)
             _close_fds_except({0, 1, 2, theirs.fileno(), out_w, err_w})
             unshare_namespaces(self.sys, own_net=own_net)
-            kit = os.geteuid() == 0  # (rootless: devices are bound from the host's /dev)
+            kit = not self.rootless  # (rootless: devices are bound from the host's /dev)
             if kit:  # the system mounts, now rather than at start
                 mounts.apply(mounts.plan_kit(), self.sys)
             premounted = None
@@ -700,9 +794,14 @@ class _Supervisor:  # pragma: no cover - the launcher process
         self.finished = True
 
 
-def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the launcher process
+def _serve(
+    sock: socket.socket, wake_r: int, broken: str = ""
+) -> None:  # pragma: no cover - the launcher process
     from pytest_minidock.runtime._sys import LinuxSyscalls
 
+    if broken:  # (rootless, no user namespace: each start is told why)
+        _refuse(sock, broken)
+        return
     sys_ = LinuxSyscalls()
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -711,6 +810,9 @@ def _serve(sock: socket.socket, wake_r: int) -> None:  # pragma: no cover - the 
     try:
         _loop(sock, wake_r, sys_=sys_, supervisor=supervisor)
     finally:  # the owner is gone (or confused): no spare is left behind
+        # the zygotes first: one may be making a spare in the room removed below, and would
+        # publish it after its contents were removed (a container taking it has no upper dir)
+        supervisor.stop_zygotes()
         for state in supervisor.states.values():
             with contextlib.suppress(OSError):
                 state.remove_spares(supervisor.tag)
@@ -799,14 +901,46 @@ def _loop(
                 prefork_at = time.monotonic()
 
 
+def _refuse(sock: socket.socket, why: str) -> None:  # pragma: no cover - the launcher process
+    """Answer every request with ``E 125 why`` until the owner is gone."""
+    from pytest_minidock.runtime.container import EXIT_RUNTIME
+
+    while True:
+        try:
+            got = _recv_request(sock)
+        except (OSError, ValueError, EOFError):
+            return
+        if got is None:
+            return
+        _, fds, _ = got
+        with contextlib.suppress(OSError):
+            os.write(fds[0], f"E {EXIT_RUNTIME} {why}\n".encode())
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def main(argv: list[str]) -> None:  # pragma: no cover - the launcher process
     fd, owner = int(argv[0]), int(argv[1])
     from pytest_minidock.runtime._sys import LinuxSyscalls
     from pytest_minidock.runtime.container import _preload
 
-    LinuxSyscalls().set_pdeathsig(signal.SIGKILL)
+    sys_ = LinuxSyscalls()
+    sys_.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != owner:  # the owner died before we could ask to die with it
         os._exit(0)
+    broken = ""
+    if os.geteuid() != 0:  # rootless: root of a user namespace of our own, first thing
+        from pytest_minidock.errors import MinidockError
+        from pytest_minidock.runtime.userns import become_root
+
+        try:
+            become_root(sys_)
+        except MinidockError as exc:
+            broken = str(exc)
+        sys_.set_pdeathsig(signal.SIGKILL)  # (kept across the unshare; said again all the same)
+        if os.getppid() != owner:
+            os._exit(0)
     _preload()
     from pytest_minidock.runtime import container, logs, mounts, state  # noqa: F401
 
@@ -815,7 +949,7 @@ def main(argv: list[str]) -> None:  # pragma: no cover - the launcher process
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     sock = socket.socket(fileno=fd)
     try:
-        _serve(sock, wake_r)
+        _serve(sock, wake_r, broken)
     finally:
         os._exit(0)
 

@@ -235,6 +235,9 @@ class RootfsConfig:
     userxattr: bool = False
     """Overlay reads ``user.overlay.*`` xattrs (snapshots extracted rootless; needed in a user
     namespace)."""
+    host_sys: bool = False
+    """Bind the host's ``/sys`` (read-only unless privileged) instead of mounting a sysfs:
+    rootless on the host's network, where a new sysfs needs the network namespace's owner."""
     init_layer: str = ""
     """A read-only directory put between the upper dir and the image (docker's "init layer"):
     it holds the mount points every container needs (see ``INIT_LAYER``), so that they need not
@@ -455,10 +458,30 @@ def clear_volatile(workdir: str) -> None:
     refuses while ``work/incompat/volatile`` is there (it marks a mount whose changes were never
     synced). One ``lstat`` when there is nothing to clear."""
     incompat = f"{workdir}/work/incompat"
-    if os.path.lexists(incompat):
-        import shutil
+    try:
+        os.lstat(incompat)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        # rootless, outside the user namespace: overlay made work/work and what is in it with
+        # mode 0, as root there (the user, who owns them and may open them up)
+        try:
+            os.chmod(f"{workdir}/work", 0o700)
+            _open_up(incompat)
+        except FileNotFoundError:
+            return
+    import shutil
 
-        shutil.rmtree(incompat)
+    shutil.rmtree(incompat)
+
+
+def _open_up(path: str) -> None:
+    """Make the directory ``path`` and those below it (our own) readable and searchable."""
+    os.chmod(path, 0o700)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _open_up(entry.path)
 
 
 def volatile_supported() -> bool:
@@ -717,6 +740,14 @@ class _Planner:
         self.op("touch", self.host(console), mode=0o644, ctr=console)
         self.bind(cfg.console or "/dev/null", console, file=True)
         self.sys = self.mountpoint("/sys")
+        if cfg.host_sys:  # bound, then made what a sysfs of ours would be (nosuid, ..., ro)
+            target = self.host(self.sys)
+            self.op("mount", target, source="/sys", flags=MS_BIND | MS_REC, ctr=self.sys)
+            flags = MS_BIND | MS_REMOUNT | _PROC_FLAGS | _mount_flags("/sys")
+            flags = flags if cfg.privileged else flags | MS_RDONLY
+            self.op("mount", target, flags=flags, ctr=self.sys)
+            self.tree.mount(self.sys, kernel)
+            return
         sys_flags = _PROC_FLAGS if cfg.privileged else _PROC_FLAGS | MS_RDONLY
         self.mount(self.sys, "sysfs", sys_flags, content=kernel)
 

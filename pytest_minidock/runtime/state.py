@@ -314,7 +314,19 @@ class StateDir:
                 except ValueError:
                     mine = True
             if mine:
-                _remove_dir(self.spares / name)
+                path = self.spares / name
+                if not name.startswith("."):
+                    # a ready spare: claim it first, with a rename, since ``take_spare`` (another
+                    # owner's ``create``) may be renaming it into a container at this very
+                    # moment: one of the two renames wins, and no container gets a spare that
+                    # is being emptied (an overlay mount failing with ENOENT)
+                    claimed = self.spares / f".{name}.rm"
+                    try:
+                        os.rename(path, claimed)
+                    except FileNotFoundError:
+                        continue
+                    path = claimed
+                _remove_dir(path)
 
     def dir(self, cid: str) -> Path:
         return self.containers / cid

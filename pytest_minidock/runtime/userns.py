@@ -1,45 +1,84 @@
 """User namespaces for rootless mode: whether the machine allows them, which id maps to ask for,
-and moving a process into one.
+moving a process into one, and joining a container's.
 
 An ordinary user gets a user namespace in which they are root (uid 0 inside = their uid outside).
 With the ``newuidmap``/``newgidmap`` helpers (Debian's ``uidmap`` package) and a subordinate range
 in ``/etc/subuid`` and ``/etc/subgid``, ids 1..N inside map to that range, so images whose files
-belong to other users unpack and run as they do for root. Without them the map is the single line
-``0 <uid> 1``: the files of other owners then all belong to uid 0 (the user), which most images
-tolerate.
+belong to other users unpack and run as they do for root (the *full* map). Without them the map is
+the single line ``0 <uid> 1``: the files of other owners then all belong to uid 0 (the user), which
+most images tolerate, and a container can run as uid 0 only (the *single* mapping).
+``MINIDOCK_USERNS=single`` asks for the single mapping even where the full one is possible.
 
-This module is the groundwork of issue 8 (rootless mode): planning is pure and unit-tested;
-:func:`enter` is proven by a privileged test that drops to an unprivileged uid first. Wiring it
-into the launcher (the runtime's one code path) is the next step.
+How the runtime uses it, when the calling process is not root on the host (``host_root``):
+
+- the processes that make a container's namespaces (the launcher, a directly forked monitor)
+  first become root of a user namespace of their own (:func:`become_root`); every namespace,
+  mount and PID 1 made afterwards belongs to it;
+- a process that enters a running container from outside (``exec``, ``cp``) first joins the
+  user namespace owning the container's namespaces (:func:`join_owner`): an ordinary user may
+  ``setns`` into a user namespace it created, and gets root's capabilities over the container's
+  namespaces there;
+- the owner checks up front that user namespaces are allowed (:func:`check_available`) and that
+  a ``--user`` is mapped (:func:`check_mapped`), so that both fail with one clear line.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_minidock._record import dataclass
-from pytest_minidock.errors import PrivilegeError
+from pytest_minidock.capabilities import forget_userns, host_root, host_uid, in_initial_userns
+from pytest_minidock.errors import PrivilegeError, UsageError
 from pytest_minidock.runtime._sys import CLONE_NEWNS, CLONE_NEWUSER
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Final, Protocol
 
     from pytest_minidock.runtime._sys import Syscalls
 
+    class _Done(Protocol):
+        """What running a map helper returns (``subprocess.CompletedProcess`` fits)."""
+
+        @property
+        def returncode(self) -> int: ...
+        @property
+        def stderr(self) -> bytes | None: ...
+
+
 __all__ = [
+    "ENV_USERNS",
     "IdMap",
     "IdRange",
+    "become_root",
+    "check_available",
+    "check_mapped",
     "current_idmap",
     "enter",
+    "host_root",
+    "host_uid",
+    "in_initial_userns",
+    "join_owner",
     "map_lines",
+    "mapped_groups",
+    "parse_map",
     "plan_idmap",
+    "run_as_root",
+    "runtime_idmap",
+    "setgroups_denied",
     "subordinate_ranges",
     "unavailable_reason",
     "write_maps",
 ]
+
+ENV_USERNS: Final = "MINIDOCK_USERNS"
+"""``single``: rootless containers get the single mapping even where the full one is possible."""
+NS_GET_USERNS: Final = 0xB701
+"""``ioctl`` on a namespace file: a new file for the user namespace owning it (``_IO(0xb7, 1)``)."""
+_PROC_SYS = Path("/proc/sys")
+"""Where :func:`unavailable_reason` reads the settings (tests point it at a fake tree)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,46 +172,96 @@ def plan_idmap(
     return IdMap(uids=(IdRange(0, uid, 1),), gids=(IdRange(0, gid, 1),), helpers=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What decided the map: for the advice of :func:`check_mapped`."""
+
+    user: str
+    helpers: bool
+    subuids: bool
+    forced_single: bool
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which`` without ``shutil`` (it imports bz2, lzma and more: ~2-3 ms)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def current_idmap(
     *, etc: Path = Path("/etc"), which: Callable[[str], str | None] | None = None
 ) -> IdMap:
     """:func:`plan_idmap` for the calling process's user, from ``/etc/subuid``/``/etc/subgid``
     and the helpers on ``PATH``."""
-    import pwd
-    import shutil
-
-    which = which or shutil.which
-
+    which = which or _which
     uid, gid = os.getuid(), os.getgid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-
-    def read(name: str) -> str:
-        try:
-            return (etc / name).read_text()
-        except OSError:
-            return ""
-
     return plan_idmap(
         uid=uid,
         gid=gid,
-        user=user,
-        subuid_text=read("subuid"),
-        subgid_text=read("subgid"),
+        user=_user_name(uid),
+        subuid_text=_read(etc / "subuid"),
+        subgid_text=_read(etc / "subgid"),
         helpers_available=bool(which("newuidmap") and which("newgidmap")),
     )
 
 
-def unavailable_reason(proc_sys: Path = Path("/proc/sys")) -> str | None:
+_planned: dict[str, tuple[IdMap, _Facts]] = {}
+
+
+def runtime_idmap(environ: dict[str, str] | None = None) -> IdMap:
+    """The map rootless containers get: :func:`current_idmap`, or the single mapping when
+    ``MINIDOCK_USERNS=single`` (read once per process and environment value)."""
+    return _plan(environ)[0]
+
+
+def _plan(environ: dict[str, str] | None = None) -> tuple[IdMap, _Facts]:
+    env = os.environ if environ is None else environ
+    forced = env.get(ENV_USERNS, "").lower() == "single"
+    key = "single" if forced else ""
+    found = _planned.get(key)
+    if found is None:
+        idmap = current_idmap()
+        user = _user_name(os.getuid())
+        facts = _Facts(
+            user=user,
+            helpers=bool(_which("newuidmap") and _which("newgidmap")),
+            subuids=bool(subordinate_ranges(_read(Path("/etc/subuid")), user, os.getuid())),
+            forced_single=forced and idmap.helpers,
+        )
+        if forced and idmap.helpers:
+            idmap = IdMap(uids=idmap.uids[:1], gids=idmap.gids[:1], helpers=False)
+        found = _planned[key] = (idmap, facts)
+    return found
+
+
+def unavailable_reason(proc_sys: Path | None = None) -> str | None:
     """Why an ordinary user cannot make a user namespace here, with the setting to change; None
     when nothing known stands in the way. Reads the sysctls that Linux, Debian's kernel patch and
     Ubuntu's AppArmor use to forbid them."""
+    base = _PROC_SYS if proc_sys is None else proc_sys
 
     def value(name: str) -> str | None:
         try:
-            return (proc_sys / name).read_text().strip()
+            return (base / name).read_text().strip()
         except OSError:
             return None
 
@@ -195,23 +284,144 @@ def unavailable_reason(proc_sys: Path = Path("/proc/sys")) -> str | None:
     return None
 
 
+_checked: list[str | None] = []
+
+
+def check_available() -> None:
+    """Rootless: raise ``PrivilegeError`` (one line: what to enable) if this machine forbids
+    ordinary users user namespaces; nothing for root. Read once per process."""
+    if host_root():
+        return
+    if not _checked:
+        _checked.append(unavailable_reason())
+    reason = _checked[0]
+    if reason is not None:
+        raise PrivilegeError(f"cannot run containers as an ordinary user: {reason}")
+
+
+def parse_map(text: str) -> tuple[IdRange, ...]:
+    """The ranges of ``/proc/PID/uid_map`` (or ``gid_map``) text."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append(IdRange(*(int(p) for p in parts)))
+    return tuple(out)
+
+
+def _maps(ranges: Sequence[IdRange], ident: int) -> bool:
+    return any(r.inside <= ident < r.inside + r.count for r in ranges)
+
+
+def check_mapped(
+    user: str,
+    uid: int,
+    gid: int,
+    *,
+    uids: Sequence[IdRange] | None = None,
+    gids: Sequence[IdRange] | None = None,
+) -> None:
+    """Raise ``UsageError`` (which id, why, how to fix it) if ``uid`` or ``gid`` is not mapped in
+    the rootless containers' user namespace (``uids``/``gids``: that namespace's maps; default
+    :func:`runtime_idmap`'s). ``user`` is the ``--user`` text, for the message."""
+    idmap, facts = _plan()
+    uids = idmap.uids if uids is None else uids
+    gids = idmap.gids if gids is None else gids
+    for kind, ident, ranges in (("uid", uid, uids), ("gid", gid, gids)):
+        if _maps(ranges, ident):
+            continue
+        spans: list[list[int]] = []  # contiguous inside ranges, merged: "0-65536"
+        for r in sorted(ranges, key=lambda r: r.inside):
+            if spans and spans[-1][1] + 1 == r.inside:
+                spans[-1][1] = r.inside + r.count - 1
+            else:
+                spans.append([r.inside, r.inside + r.count - 1])
+        mapped = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+        name = facts.user
+        if facts.forced_single:
+            fix = f"unset {ENV_USERNS}=single to map your subordinate ids too"
+        elif len(ranges) > 1 or any(r.count > 1 for r in ranges):
+            fix = f"use a {kind} in that range (the subordinate ids of {name})"
+        elif not facts.subuids:
+            fix = (
+                f"give {name} subordinate ids, as root: `usermod --add-subuids 100000-165535 "
+                f"--add-subgids 100000-165535 {name}`"
+                + ("" if facts.helpers else ", and install newuidmap/newgidmap (Debian: uidmap)")
+            )
+        elif not facts.helpers:
+            fix = "install newuidmap/newgidmap (Debian: `apt install uidmap`)"
+        else:
+            fix = f"check the ranges of {name} in /etc/subuid and /etc/subgid"
+        raise UsageError(
+            f"user {user!r}: {kind} {ident} is not mapped in the rootless user namespace "
+            f"(it maps {kind}s {mapped}): {fix}"
+        )
+
+
+def mapped_groups(gids: Sequence[int], ranges: Sequence[IdRange] | None = None) -> list[int]:
+    """The supplementary groups of ``gids`` that are mapped (``ranges``: default
+    :func:`runtime_idmap`'s gid map); the others cannot be given to a rootless container."""
+    ranges = runtime_idmap().gids if ranges is None else ranges
+    return [g for g in gids if _maps(ranges, g)]
+
+
+def setgroups_denied(path: str = "/proc/self/setgroups") -> bool:
+    """Whether ``setgroups`` is denied in this process's user namespace (the single mapping)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip() == b"deny"
+    except OSError:
+        return False
+
+
 def map_lines(ranges: Sequence[IdRange]) -> str:
     """The ``/proc/PID/uid_map`` text for ``ranges``."""
     return "".join(r.line() + "\n" for r in ranges)
+
+
+class _Ran:
+    """A finished helper: its exit code and what it wrote on stderr."""
+
+    __slots__ = ("returncode", "stderr")
+
+    def __init__(self, returncode: int, stderr: bytes) -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def _spawn(argv: list[str]) -> _Ran:
+    """Run ``argv`` (found on ``PATH``) with its stderr captured; no ``subprocess`` (~3 ms to
+    import in the launcher)."""
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawnp(
+            argv[0], argv, dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, w, 2)]
+        )
+    except OSError as exc:
+        os.close(r)
+        os.close(w)
+        return _Ran(127, str(exc).encode())
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return _Ran(os.waitstatus_to_exitcode(status), b"".join(chunks))
 
 
 def write_maps(
     pid: int,
     idmap: IdMap,
     *,
-    run: Callable[[list[str]], subprocess.CompletedProcess[bytes]] | None = None,
+    run: Callable[[list[str]], _Done] | None = None,
     proc: Path = Path("/proc"),
 ) -> None:
     """Give the user namespace of ``pid`` its maps: through ``newuidmap``/``newgidmap`` (run from
     outside that namespace), or by writing ``/proc/PID/{setgroups,uid_map,gid_map}`` for the
     single mapping. Raises ``PrivilegeError`` naming the helper or file that refused."""
     if idmap.helpers:
-        runner = run or (lambda argv: subprocess.run(argv, capture_output=True, check=False))
+        runner = run or _spawn
         for tool, ranges in (("newuidmap", idmap.uids), ("newgidmap", idmap.gids)):
             argv = [tool, str(pid)]
             for r in ranges:
@@ -238,6 +448,23 @@ def write_maps(
             ) from exc
 
 
+def _refused(exc: OSError) -> PrivilegeError:
+    """The error for an ``unshare(CLONE_NEWUSER)`` the kernel refused, with the reason if known."""
+    reason = unavailable_reason()  # read only to explain a refusal
+    if reason is None:
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            reason = "the limit of user namespaces is reached (user.max_user_namespaces)"
+        elif exc.errno == errno.EPERM:
+            reason = (
+                "the kernel refused (inside a container, or a seccomp or AppArmor policy that "
+                "forbids user namespaces?)"
+            )
+    why = f": {reason}" if reason else ""
+    return PrivilegeError(f"cannot create a user namespace ({exc.strerror or exc}){why}")
+
+
 def enter(idmap: IdMap, syscalls: Syscalls | None = None) -> None:
     """Move the calling process into a new user namespace (and mount namespace) mapped by
     ``idmap``; afterwards it is uid 0 and gid 0 there, with every capability over it.
@@ -251,27 +478,21 @@ def enter(idmap: IdMap, syscalls: Syscalls | None = None) -> None:
         from pytest_minidock.runtime._sys import LinuxSyscalls
 
         syscalls = LinuxSyscalls()
-
-    def refused(exc: OSError) -> PrivilegeError:
-        reason = unavailable_reason()  # read only to explain a refusal
-        why = f": {reason}" if reason else ""
-        return PrivilegeError(f"cannot create a user namespace ({exc.strerror or exc}){why}")
-
     if not idmap.helpers:  # the single mapping: a process may write its own after unshare
         try:
             syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS)
         except OSError as exc:
-            raise refused(exc) from exc
+            raise _refused(exc) from exc
+        forget_userns()
         write_maps(os.getpid(), idmap)
     else:
-        _enter_with_helpers(idmap, syscalls, refused)
+        _enter_with_helpers(idmap, syscalls)
+        forget_userns()
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
 
-def _enter_with_helpers(
-    idmap: IdMap, syscalls: Syscalls, refused: Callable[[OSError], PrivilegeError]
-) -> None:
+def _enter_with_helpers(idmap: IdMap, syscalls: Syscalls) -> None:
     """``unshare``, while a forked helper left outside runs ``newuidmap``/``newgidmap`` on us."""
     pid = os.getpid()
     go_r, go_w = os.pipe()
@@ -298,7 +519,7 @@ def _enter_with_helpers(
             syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS)
         except OSError as exc:
             os.write(go_w, b"x")
-            raise refused(exc) from exc
+            raise _refused(exc) from exc
         os.write(go_w, b"u")
         answer = b""
         while chunk := os.read(done_r, 4096):
@@ -310,5 +531,67 @@ def _enter_with_helpers(
     if answer != b"ok":
         raise PrivilegeError(
             f"cannot map ids in the user namespace ({idmap.describe()}): "
-            f"{answer.decode(errors='replace') or 'the helper died'}"
+            f"{answer.decode(errors='replace') or 'the helper died'} "
+            f"({ENV_USERNS}=single maps only your own id, without the helpers)"
         )
+
+
+def become_root(syscalls: Syscalls | None = None) -> None:
+    """Rootless: make the calling process (one thread; not root on the host) root of a new user
+    namespace mapped by :func:`runtime_idmap`. Every process that makes a container's namespaces
+    calls this first, and only this: the one place that decides which user namespace that is.
+    ``PrivilegeError`` (what to enable) if the kernel refuses."""
+    enter(runtime_idmap(), syscalls)
+
+
+def join_owner(ns_fd: int, syscalls: Syscalls) -> bool:
+    """Join the user namespace owning the namespace open as ``ns_fd`` (e.g. a container's mount
+    namespace), as its root; False (nothing done) if this process is in it already. The caller
+    must have one thread (a forked child). Raises ``OSError`` if the kernel refuses."""
+    import fcntl
+
+    user_fd = fcntl.ioctl(ns_fd, NS_GET_USERNS)
+    try:
+        target, own = os.fstat(user_fd), os.stat("/proc/self/ns/user")
+        if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+            return False
+        syscalls.setns(user_fd, CLONE_NEWUSER)
+    finally:
+        os.close(user_fd)
+    forget_userns()
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    return True
+
+
+def run_as_root(work: Callable[[], None], what: str) -> None:
+    """Run ``work`` in a forked child that became root of a user namespace (:func:`become_root`),
+    for what an ordinary user may not do outside one: remove files a container's other users
+    made, mount a stopped container's overlay. ``RuntimeFailure`` naming ``what`` if it fails."""
+    from pytest_minidock.errors import RuntimeFailure
+
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(err_r)
+            become_root()
+            work()
+            code = 0
+        except BaseException as exc:
+            try:  # noqa: SIM105 - the child reports what it can
+                os.write(err_w, str(exc).encode()[:4000])
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    chunks = []
+    while chunk := os.read(err_r, 65536):
+        chunks.append(chunk)
+    os.close(err_r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        detail = b"".join(chunks).decode(errors="replace") or f"status {status}"
+        raise RuntimeFailure(f"{what}: {detail}")

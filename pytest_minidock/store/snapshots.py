@@ -30,6 +30,7 @@ import zlib
 from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Self
 
 from pytest_minidock._record import dataclass, field
+from pytest_minidock.capabilities import host_root
 from pytest_minidock.errors import StoreError, UnsafeLayer
 
 if TYPE_CHECKING:
@@ -75,11 +76,22 @@ class ExtractPolicy:
     ``user.overlay.whiteout`` files and ``user.overlay.opaque`` (rootless, ``userxattr``)."""
 
     @classmethod
-    def for_current_user(cls) -> ExtractPolicy:
-        """Everything for root (euid 0), the rootless subset for anybody else."""
-        if os.geteuid() == 0:
+    def for_current_user(cls, uid_map: str = "/proc/self/uid_map") -> ExtractPolicy:
+        """Everything for root on the host; the rootless subset for anybody else: no device
+        nodes, ``user.overlay.*`` whiteouts, and owners only for the root of a user namespace
+        that maps more than its own id (``uid_map``: its map). An owner that namespace does not
+        map is left as the extracting user."""
+        if host_root():
             return cls(devices=True, chown=True, whiteout="chardev")
-        return cls(devices=False, chown=False, whiteout="xattr")
+        chown = False
+        if os.geteuid() == 0:  # root of a user namespace: how many ids does it map?
+            try:
+                with open(uid_map) as f:
+                    ids = sum(int(line.split()[2]) for line in f if line.strip())
+            except (OSError, ValueError, IndexError):
+                ids = 1
+            chown = ids > 1
+        return cls(devices=False, chown=chown, whiteout="xattr")
 
 
 def extract_layer(tar_stream: BinaryIO, dest: Path, *, policy: ExtractPolicy, source: str) -> int:
@@ -223,13 +235,24 @@ class _Extractor:
         self.source = source
         self.written = 0
         self.state = _State()
-        self.euid = os.geteuid()
+        self.host_root = host_root()
         self._cache_key: tuple[bytes, ...] | None = None
         self._cache_fd = -1
         self._member = ""
         self._buf = bytearray(CHUNK)
 
     # ---- plumbing ---------------------------------------------------------------------------
+    def _chown(self, target: int | bytes, uid: int, gid: int, dir_fd: int | None = None) -> None:
+        """Give ``target`` (an fd, or a name in ``dir_fd``) the member's owner; in a user
+        namespace, an owner its map lacks (EINVAL) leaves it the extracting user's."""
+        try:
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self.host_root:
+                raise
 
     def close(self) -> None:
         self._drop_cache()
@@ -420,7 +443,7 @@ class _Extractor:
                 )
             self.written += total
             if self.policy.chown:
-                os.fchown(fd, member.uid, member.gid)
+                self._chown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
             self._set_xattrs(fd, member, rel)
             ns = _mtime_ns(member)
@@ -478,7 +501,7 @@ class _Extractor:
         os.symlink(target, leaf, dir_fd=pfd)
         self.state.created.add(rel)
         if self.policy.chown:
-            os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+            self._chown(leaf, member.uid, member.gid, dir_fd=pfd)
         if self._xattrs(member):
             self._set_xattrs(_proc_path(pfd, leaf), member, rel)
         ns = _mtime_ns(member)
@@ -522,7 +545,7 @@ class _Extractor:
             os.mknod(leaf, kind | 0o600, device, dir_fd=pfd)
         self.state.created.add(rel)
         if self.policy.chown:
-            os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+            self._chown(leaf, member.uid, member.gid, dir_fd=pfd)
         os.chmod(leaf, member.mode & 0o7777, dir_fd=pfd, follow_symlinks=False)
         if self._xattrs(member):
             self._set_xattrs(_proc_path(pfd, leaf), member, rel)
@@ -585,7 +608,7 @@ class _Extractor:
                 if (
                     exc.errno in _XATTR_SKIPPABLE_ERRNOS
                     and name.startswith(_PRIVILEGED_XATTR_PREFIXES)
-                    and self.euid != 0
+                    and not self.host_root
                 ):
                     continue
                 raise StoreError(
@@ -626,7 +649,7 @@ class _Extractor:
                 if meta is None:
                     continue
                 if self.policy.chown and meta.uid >= 0:
-                    os.fchown(fd, meta.uid, meta.gid)
+                    self._chown(fd, meta.uid, meta.gid)
                 os.fchmod(fd, meta.mode)
                 if meta.mtime_ns is not None:
                     os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))

@@ -243,22 +243,33 @@ def test_exit_keeps_the_interpreter_teardown_when_something_waits_for_it() -> No
     ("args", "code"),
     [(["run", "busybox", "true"], 125), (["exec", "web", "true"], 126), (["start", "web"], 1)],
 )
-def test_starting_processes_as_an_ordinary_user_is_one_clear_line(
+def test_an_ordinary_user_without_user_namespaces_gets_one_clear_line(
     args: list[str],
     code: int,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Until rootless mode, ``run``/``start``/``exec`` as a user say what to do (docker's
-    exit codes), instead of a bare errno from the first namespace."""
-    import os
+    """Rootless on a machine that forbids user namespaces: ``run``/``start``/``exec`` say which
+    setting to change (docker's exit codes), before touching the image or the container, instead
+    of a bare errno from the first namespace."""
+    from pytest_minidock import capabilities
+    from pytest_minidock.runtime import userns
 
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(capabilities, "host_root", lambda: False)
+    monkeypatch.setattr(userns, "host_root", lambda: False)
+    monkeypatch.setattr(userns, "_checked", [])
+    monkeypatch.setattr(
+        userns,
+        "unavailable_reason",
+        lambda proc_sys=None: "user namespaces are disabled (user.max_user_namespaces = 0)",
+    )
     status, out, err = run(capsys, tmp_path, *args)
     assert status == code
-    assert err.startswith(f"Error: minidock {args[0]} needs root for now")
-    assert err.count("\n") == 1
+    assert err == (
+        "Error: cannot run containers as an ordinary user: user namespaces are disabled "
+        "(user.max_user_namespaces = 0)\n"
+    )
     assert out == ""
 
 
