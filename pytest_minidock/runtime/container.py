@@ -45,8 +45,9 @@ overlay reads ``user.overlay.*`` xattrs (``userxattr``); on the host's network t
 ``/sys`` is bound (a new sysfs needs the network namespace's owner); a ``--user`` must be mapped
 in the namespace (checked by the owner, one clear line if not); ``exec`` and ``cp`` first join
 the user namespace owning the container's namespaces; limits no cgroup of the user's can apply
-are dropped, each said once; and a container on a network of its own is refused in one line
-(``_rootless_network_unsupported``) until rootless networks exist.
+are dropped, each said once; and the networks of containers with a network of their own live
+in the user's network holder (``holder``: bridges, veths, nftables in a network namespace of the
+user's), where their published ports are relayed in (``portfwd.relay_published``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from pathlib import Path
 
 from pytest_minidock._record import dataclass, replace
 from pytest_minidock.capabilities import host_root
-from pytest_minidock.errors import MinidockError, PrivilegeError, RuntimeFailure, UsageError
+from pytest_minidock.errors import MinidockError, RuntimeFailure, UsageError
 from pytest_minidock.runtime.logs import LogWriter
 from pytest_minidock.runtime.state import (
     ContainerRecord,
@@ -322,18 +323,6 @@ def _network_name(spec: ContainerSpec) -> str | None:
     return "bridge" if spec.network == "default" else spec.network
 
 
-def _rootless_network_unsupported(spec: ContainerSpec) -> None:
-    """Rootless: ``PrivilegeError`` for a container on a network of its own (``bridge``, a user
-    network): those need root until rootless networks exist. ``none`` (loopback only) and
-    ``host`` (the user's own network namespace) work."""
-    network = _network_name(spec)
-    if network is not None:
-        raise PrivilegeError(
-            f"network {network!r} needs root for now: rootless containers can use "
-            "--network none (loopback only) or --network host (the host's network)"
-        )
-
-
 def _read_all(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -416,8 +405,6 @@ class Runtime:
         cid: str | None = None,
     ) -> ContainerRecord:
         """Make a container's directory, config and ``created`` state (no process yet)."""
-        if not host_root():
-            _rootless_network_unsupported(spec)
         cid = cid or new_id()
         d = self.state.dir(cid)
         spare = self.state.take_spare(cid)  # (a launcher makes them ahead: see StateDir)
@@ -506,7 +493,6 @@ class Runtime:
                 from pytest_minidock.runtime.userns import check_available
 
                 check_available()
-                _rootless_network_unsupported(spec)
             launch = self._prepare(record, spec, stdio or Stdio(), bound=not detached)
         except MinidockError:
             if rootless and record.config.get("AutoRemove"):  # (root: as it always was)
@@ -1304,6 +1290,8 @@ class Monitor:
         self.sys = sys
         self.state = state
         self.remove_stale = remove_stale
+        self.relay: Any = None
+        """Rootless: the relay of the published ports (``portfwd.relay_published``)."""
 
     def entry(self, sync_w: int, detached: bool, parent: int = 0) -> None:  # pragma: no cover
         """First child: becomes the monitor (after a double fork when detached); never returns.
@@ -1357,6 +1345,12 @@ class Monitor:
         else:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if launch.port_fds:  # rootless: relayed from here, by a thread (none after the unshare)
+            from pytest_minidock.runtime import portfwd
+
+            self.relay = portfwd.relay_published(
+                launch.root, launch.cid, launch.port_fds, paused=True
+            )
         flags = _sys.CLONE_NEWPID
         self.sys.unshare(flags)
         pid = os.fork()
@@ -1380,7 +1374,10 @@ class Monitor:
         _close_fds_except(
             {0, 1, 2, sync_w, out_r, err_r, tty_master, *_stdio_fds(stdio), *launch.port_fds}
             | {launch.exit_fd}  # (closed when this process exits, after recording the exit)
+            | (self.relay.fds() if self.relay is not None else set())
         )
+        if self.relay is not None:
+            self.relay.resume()
         self.record_running(pid, monitor_pid, process_start_time(monitor_pid))
         os.write(sync_w, f"P {pid} {monitor_pid}\n".encode())  # (the owner then attaches the
         os.close(sync_w)  # network PID 1 waits for, before it makes its terminal)
@@ -1414,6 +1411,9 @@ class Monitor:
                 launch.cgroup.kill_all(_SIGKILL)
             with contextlib.suppress(Exception):
                 launch.cgroup.remove()
+        if self.relay is not None:  # (rootless) its copies of the host sockets too
+            with contextlib.suppress(Exception):
+                self.relay.close()
         if launch.port_fds:  # stop forwarding, then let the host ports go (before the state
             with contextlib.suppress(Exception):  # says "exited": they are free by then)
                 from pytest_minidock.runtime.network import Networks

@@ -738,6 +738,10 @@ class _Supervisor:  # pragma: no cover - the launcher process
             self.poller.register(fd, select.POLLIN)
         try:
             started = zygote.start if zygote is not None else None
+            if launch.port_fds:  # rootless: relayed from here (one thread for all containers)
+                from pytest_minidock.runtime import portfwd
+
+                monitor.relay = portfwd.relay_published(launch.root, launch.cid, launch.port_fds)
             monitor.record_running(pid, self.me, self.me_start, pid_start=started)
         except BaseException as exc:  # no state to run in: stop it, report why
             with contextlib.suppress(ProcessLookupError):

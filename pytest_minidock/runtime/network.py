@@ -6,7 +6,12 @@ endpoints (the address leases) and every published port; it is written in place 
 two checksummed copies (``state.0``/``state.1``, see ``Networks._save``) under the filelock
 ``lock`` by whichever process changes it, so xdist workers and the CLI never hand out one address
 twice. Subnets are chosen under a second, machine-wide lock (``/run/minidock/subnets.lock`` for
-root) because roots share the host's address space.
+root) because roots share the host's address space; an ordinary user's lock is theirs
+(``holder.user_dir``), as the network namespace all their roots' networks live in.
+
+Rootless, the kernel work (the ``Kernel`` seam) is done by the user's network holder, a process
+owning a user namespace and a network namespace (``holder.HolderKernel``: the same calls over a
+unix socket); the state, the locks and /etc/hosts stay with the calling process.
 
 In the kernel, every object is named so that it can be found again after a crash:
 
@@ -113,6 +118,7 @@ __all__ = [
     "Networks",
     "PortMapping",
     "allocate_address",
+    "batch_from_wire",
     "bridge_name",
     "check_subnet",
     "choose_subnet",
@@ -490,6 +496,15 @@ def render_ruleset(
     transaction: no packet ever sees a half-made table, and hooks are not re-registered.
     """
     return _ruleset(table, networks, ports).script
+
+
+def batch_from_wire(lines: Sequence[str], messages: Sequence[Sequence[Any]]) -> nftables.Batch:
+    """The nf_tables transaction a rootless owner sent its holder: ``lines`` and the messages
+    as ``[kind, flags, body in hex]`` (``holder.HolderKernel.nft``)."""
+    return nftables.Batch(
+        tuple(str(line) for line in lines),
+        tuple((int(kind), int(flags), bytes.fromhex(str(body))) for kind, flags, body in messages),
+    )
 
 
 def _dnats(ports: Sequence[tuple[PortMapping, str]]) -> list[nftables.Dnat]:
@@ -1108,15 +1123,37 @@ class Networks:
         self.table = f"minidock_{_root_key(self.root)}"
         self.pools = tuple(pools)
         self._kernel = kernel
-        if global_lock is None:
-            global_lock = _GLOBAL_LOCK if os.geteuid() == 0 else self.dir / "subnets.lock"
-        self._global_lock = global_lock
+        self._global_lock_path = global_lock
 
     @property
     def kernel(self) -> Kernel:
+        """``LinuxKernel`` for root; rootless (an ordinary user, or a process that joined the
+        user's holder's user namespace, as a container's monitor does), the holder's
+        (``holder.HolderKernel``), started on first use: the user's networks live in its
+        network namespace."""
         if self._kernel is None:
-            self._kernel = LinuxKernel()
+            from pytest_minidock.runtime import holder
+
+            if os.geteuid() == 0 and not holder.joined():
+                self._kernel = LinuxKernel()
+            else:
+                self._kernel = holder.HolderKernel()
         return self._kernel
+
+    @property
+    def _global_lock(self) -> Path:
+        """The lock under which subnets are chosen: machine-wide for root (roots share the
+        host's addresses), per user otherwise (the user's networks share their holder's)."""
+        if self._global_lock_path is None:
+            from pytest_minidock.capabilities import host_root
+
+            if host_root():
+                self._global_lock_path = _GLOBAL_LOCK
+            else:
+                from pytest_minidock.runtime.holder import user_dir
+
+                self._global_lock_path = Path(user_dir()) / "subnets.lock"
+        return self._global_lock_path
 
     # -- state -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -1721,6 +1758,17 @@ class Networks:
             self.kernel.nft(batch)
         except NetworkError:
             self._render(state)
+
+    def target_of(
+        self, container_id: str, proto: str, host_ip: str, host_port: int
+    ) -> tuple[str, int] | None:
+        """Where the container's published ``host_ip:host_port`` (``proto``) leads: its address
+        and port (a rootless relay connects there), or None if it publishes no such port."""
+        wanted = PortMapping(proto, host_ip, host_port, 0)
+        for p in self._read().ports:
+            if p.container_id == container_id and _same_host_port(p.mapping, wanted):
+                return p.ip, p.mapping.container_port
+        return None
 
     def ports(self, container_id: str) -> builtins.list[PortMapping]:
         """The ports the container publishes, by container port then protocol."""

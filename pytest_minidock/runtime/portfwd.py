@@ -1,19 +1,24 @@
-"""Published ports without nftables: a user-space relay for rootless mode.
+"""Published ports without nftables on the host: the user-space relay of rootless mode.
 
 An ordinary user cannot add DNAT rules on the host, and the containers' network lives in a
-network namespace the user owns. So a published port is a socket bound on the host side (by the
-process outside, which makes the reservation atomic, as for root), and each connection is carried
-in by two cooperating parts:
+network namespace the user owns (the holder's, see ``holder``). So a published port is a socket
+bound on the host side by the owner, which makes the reservation atomic as for root, and each
+connection is carried in by a relay: it accepts on the host socket, connects inside, and copies
+bytes both ways until both directions are closed, passing half-closes on (``shutdown(SHUT_WR)``).
+UDP datagrams are relayed per client address through one connected inside socket each.
 
-- the **connector** lives inside the network namespace. Asked over a ``SOCK_SEQPACKET`` pair
-  for ``tcp 10.88.0.2 80``, it connects there and passes the connected socket back with
-  ``SCM_RIGHTS`` (or an errno when the connection is refused);
-- the **relay** lives outside. It accepts on the host socket, asks the connector, and copies bytes
-  both ways until both directions are closed, passing half-closes on (``shutdown(SHUT_WR)``).
-  UDP datagrams are relayed per client address through one connected inside socket each.
+Two ways of connecting inside:
 
-This module is groundwork for issue 8 (rootless mode): it is tested between the host and a network
-namespace a privileged test makes; wiring it to rootless networks is the next step.
+- **in place** (``relay_published``, what rootless containers use): the relay runs in the
+  container's monitor (or the launcher), in a thread that moved into the holder's network
+  namespace (``holder.enter_network``); its ``DirectConnector`` connects from there, without
+  blocking the relay, to the container's address and port, found in the network state when the
+  first connection comes (the owner leases the address while PID 1 is being made). The host
+  socket, passed in by the owner, is accepted on all the same: a socket belongs to the namespace
+  it was made in, not to the thread's.
+- **through a connector** (``Connector``): a thread entering the namespace connects there and
+  passes the connected socket back over a ``SOCK_SEQPACKET`` pair with ``SCM_RIGHTS`` (or an
+  errno), for a relay living outside.
 """
 
 from __future__ import annotations
@@ -31,13 +36,22 @@ from typing import TYPE_CHECKING, Any, Final
 from pytest_minidock.errors import RuntimeFailure
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-__all__ = ["Connector", "Relay", "connect_via", "serve_connector"]
+__all__ = [
+    "Connector",
+    "DirectConnector",
+    "Published",
+    "Relay",
+    "connect_via",
+    "relay_published",
+    "serve_connector",
+]
 
 _REQUEST: Final = struct.Struct("!4sH")  # proto ("tcp "/"udp "), port; the address follows
 _BUFFER: Final = 256 * 1024
 _UDP_IDLE: Final = 60.0
+_CONNECT_TIMEOUT: Final = 5.0
 
 
 def serve_connector(control: socket.socket) -> None:
@@ -132,6 +146,39 @@ class Connector:
         self._inside.close()
 
 
+class DirectConnector:
+    """Connects from the calling process's own network namespace (a relay living inside it)."""
+
+    def connect(self, proto: str, host: str, port: int) -> socket.socket:
+        """A socket connected to ``host:port`` (blocking, at most a few seconds)."""
+        sock = self._socket(proto, host)
+        try:
+            sock.settimeout(_CONNECT_TIMEOUT)
+            sock.connect((host, port))
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def start(self, proto: str, host: str, port: int) -> socket.socket:
+        """A non-blocking socket whose connection to ``host:port`` is under way (writable once
+        it is made or failed: ``SO_ERROR`` says which)."""
+        sock = self._socket(proto, host)
+        sock.setblocking(False)
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise OSError(code, f"{proto} {host}:{port}: {os.strerror(code)}")
+        return sock
+
+    @staticmethod
+    def _socket(proto: str, host: str) -> socket.socket:
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.socket(family, kind | socket.SOCK_CLOEXEC)
+
+
 class _Pipe:
     """One direction of a TCP relay: bytes read from ``src`` and not yet written to ``dst``."""
 
@@ -146,10 +193,21 @@ class _Pipe:
 
 
 class Relay:
-    """Host-side listening sockets relayed through a ``Connector``: ``publish`` binds (or takes)
-    a host socket for a target; a thread runs the relay until ``close``."""
+    """Host-side listening sockets relayed into a namespace: ``publish`` takes a host socket and
+    its target; a thread runs the relay until ``close`` (``withdraw`` stops one group of
+    sockets). ``connector``: a ``Connector`` (the relay is outside) or a ``DirectConnector``
+    (the relay's thread is inside: ``enter``, called first in the thread, takes it there; TCP
+    connections are then made without blocking the relay). ``paused``: the thread waits for
+    ``resume`` before it touches a socket (a monitor that closes every fd but those it keeps
+    starts the relay before, and resumes it after)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(
+        self,
+        connector: Connector | DirectConnector,
+        *,
+        paused: bool = False,
+        enter: Callable[[], None] | None = None,
+    ) -> None:
         self._connector = connector
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -157,19 +215,43 @@ class Relay:
         self._lock = threading.Lock()
         self._pending: list[Callable[[], object]] = []
         self._listeners: dict[int, socket.socket] = {}
+        self._groups: dict[str, set[socket.socket]] = {}
         self._closed = False
+        self._go = threading.Event()
+        if not paused:
+            self._go.set()
+        self._enter = enter
+        self._entered = threading.Event()
+        self._failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._loop, name="minidock-relay", daemon=True)
         self._thread.start()
+        self._entered.wait()
+        if self._failure:
+            self._closed = True
+            self._go.set()
+            self._thread.join(timeout=5)
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise RuntimeFailure(f"the port relay could not start: {self._failure[0]}")
 
     # -- public ----------------------------------------------------------------------------
     def publish(
-        self, proto: str, host_socket: socket.socket, target_host: str, target_port: int
+        self,
+        proto: str,
+        host_socket: socket.socket,
+        target_host: str,
+        target_port: int,
+        *,
+        resolve: Callable[[], tuple[str, int] | None] | None = None,
+        group: str = "",
     ) -> tuple[str, int]:
         """Relay connections (TCP) or datagrams (UDP) arriving on ``host_socket`` (bound by the
-        caller; a TCP one listening) to ``target_host:target_port`` inside; returns the host
-        address."""
+        caller; a TCP one listening) to ``target_host:target_port`` inside, or to where
+        ``resolve()`` says when a connection comes (None: nowhere yet, the client is closed);
+        returns the host address. ``group``: what ``withdraw`` stops together."""
         host_socket.setblocking(False)
-        target = (proto, target_host, target_port)
+        target = (proto, target_host, target_port, resolve, group)
         if proto == "tcp":
             self._call(
                 lambda: self._selector.register(
@@ -184,14 +266,50 @@ class Relay:
                 )
             )
         self._listeners[host_socket.fileno()] = host_socket
+        with self._lock:
+            self._groups.setdefault(group, set()).add(host_socket)
         name = host_socket.getsockname()
         return str(name[0]), int(name[1])
+
+    def fds(self) -> set[int]:
+        """The descriptors the relay uses now (its own and the host sockets)."""
+        own = {self._wake_r, self._wake_w, self._selector.fileno()}
+        return own | set(self._listeners)
+
+    def resume(self) -> None:
+        """Let a ``paused`` relay run."""
+        self._go.set()
+
+    def withdraw(self, group: str, timeout: float = 5.0) -> None:
+        """Stop relaying ``group``'s host sockets and close them and its connections (done by
+        the relay's thread; returns once it is)."""
+        done = threading.Event()
+
+        def drop() -> None:
+            try:
+                with self._lock:
+                    socks = self._groups.pop(group, set())
+                for sock in socks:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._selector.unregister(sock)
+                    self._listeners.pop(sock.fileno(), None)
+                    sock.close()
+            finally:
+                done.set()
+
+        if self._closed or not self._thread.is_alive():
+            drop()
+            return
+        self._go.set()
+        self._call(drop)
+        done.wait(timeout)
 
     def close(self) -> None:
         """Stop relaying: close the host sockets and every relayed connection."""
         if self._closed:
             return
         self._closed = True
+        self._go.set()
         self._wake()
         self._thread.join(timeout=5)
         for key in list(self._selector.get_map().values()):
@@ -201,6 +319,11 @@ class Relay:
         self._selector.close()
         for sock in self._listeners.values():
             sock.close()
+        with self._lock:
+            for socks in self._groups.values():
+                for sock in socks:
+                    sock.close()
+            self._groups.clear()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -214,27 +337,59 @@ class Relay:
             self._pending.append(fn)
         self._wake()
 
+    def _track(self, group: str, *socks: socket.socket) -> None:
+        with self._lock:
+            found = self._groups.get(group)
+            if found is not None:
+                found.update(socks)
+
+    def _untrack(self, group: str, *socks: socket.socket) -> None:
+        with self._lock:
+            found = self._groups.get(group)
+            if found is not None:
+                found.difference_update(socks)
+
     def _loop(self) -> None:
+        try:
+            if self._enter is not None:  # (this thread's namespace: the process's may differ)
+                self._enter()
+        except BaseException as exc:  # reported by __init__
+            self._failure.append(exc)
+        finally:
+            self._entered.set()
+        if self._failure:
+            return
+        self._go.wait()
         while not self._closed:
             for key, events in self._selector.select(timeout=_UDP_IDLE):
                 kind, data = key.data
                 try:
                     self._dispatch(kind, data, key, events)
                 except OSError:
-                    if kind in ("pipe-in", "pipe-out"):
+                    if kind == "pair":
                         self._drop_pair(data)
+                    elif kind == "connecting":
+                        client, inside, group = data
+                        with contextlib.suppress(KeyError, ValueError):
+                            self._selector.unregister(inside)
+                        self._untrack(group, client, inside)
+                        client.close()
+                        inside.close()
             with self._lock:
                 pending, self._pending = self._pending, []
-            for fn in pending:
-                fn()
+            for fn in pending:  # (a socket closed meanwhile must not end the relay)
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    fn()
 
     def _dispatch(self, kind: str, data: Any, key: selectors.SelectorKey, events: int) -> None:
         if kind == "wake":
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
         elif kind == "accept":
-            listener, (_proto, host, port) = data
-            self._accept(listener, host, port)
+            listener, target = data
+            self._accept(listener, target)
+        elif kind == "connecting":
+            self._connected(*data)
         elif kind == "udp-in":
             self._udp_in(*data)
         elif kind == "udp-back":
@@ -242,16 +397,43 @@ class Relay:
         else:  # "pair": a TCP connection pair, readable or writable
             self._pump(data, key, events)
 
-    def _accept(self, listener: socket.socket, host: str, port: int) -> None:
+    def _accept(self, listener: socket.socket, target: tuple[Any, ...]) -> None:
         try:
             client, _ = listener.accept()
         except BlockingIOError:
             return
+        _proto, host, port, resolve, group = target
         try:
+            if resolve is not None:
+                found = resolve()
+                if found is None:
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "no target yet")
+                host, port = found
+            if isinstance(self._connector, DirectConnector):  # connected without waiting here
+                inside = self._connector.start("tcp", host, port)
+                self._track(group, client, inside)
+                self._selector.register(
+                    inside, selectors.EVENT_WRITE, ("connecting", (client, inside, group))
+                )
+                return
             inside = self._connector.connect("tcp", host, port)
         except OSError:
             client.close()  # refused inside: the client sees its connection closed
             return
+        self._track(group, client, inside)
+        self._pair(client, inside, group)
+
+    def _connected(self, client: socket.socket, inside: socket.socket, group: str) -> None:
+        """A ``DirectConnector`` connection is made (or failed: the client is closed)."""
+        self._selector.unregister(inside)
+        if inside.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._untrack(group, client, inside)
+            inside.close()
+            client.close()
+            return
+        self._pair(client, inside, group)
+
+    def _pair(self, client: socket.socket, inside: socket.socket, group: str) -> None:
         client.setblocking(False)
         inside.setblocking(False)
         pair = (_Pipe(client, inside), _Pipe(inside, client))
@@ -304,12 +486,15 @@ class Relay:
             for sock in (pipe.src, pipe.dst):
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(sock)
+                with self._lock:
+                    for socks in self._groups.values():
+                        socks.discard(sock)
                 sock.close()
 
     def _udp_in(
         self,
         listener: socket.socket,
-        target: tuple[str, str, int],
+        target: tuple[Any, ...],
         clients: dict[tuple[str, int], socket.socket],
     ) -> None:
         try:
@@ -318,12 +503,19 @@ class Relay:
             return
         inside = clients.get(addr)
         if inside is None:
+            _proto, host, port, resolve, group = target
             try:
-                inside = self._connector.connect("udp", target[1], target[2])
+                if resolve is not None:
+                    found = resolve()
+                    if found is None:
+                        return
+                    host, port = found
+                inside = self._connector.connect("udp", host, port)
             except OSError:
                 return
             inside.setblocking(False)
             clients[addr] = inside
+            self._track(group, inside)
             self._selector.register(
                 inside, selectors.EVENT_READ, ("udp-back", (inside, listener, addr))
             )
@@ -335,3 +527,89 @@ class Relay:
     ) -> None:
         with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
             listener.sendto(inside.recv(65535), addr)
+
+
+# -- rootless containers' published ports ---------------------------------------------------------
+class Published:
+    """One container's host sockets relayed in place (``relay_published``)."""
+
+    def __init__(self, relay: Relay, group: str) -> None:
+        self.relay = relay
+        self.group = group
+
+    def fds(self) -> set[int]:
+        """The descriptors to keep open (a monitor closes all others)."""
+        return self.relay.fds()
+
+    def resume(self) -> None:
+        """Start relaying (when made ``paused``)."""
+        self.relay.resume()
+
+    def close(self) -> None:
+        """Stop relaying the container's ports and close its copies of the host sockets (the
+        ports are free once the monitor's own copies are closed too)."""
+        self.relay.withdraw(self.group)
+
+
+_shared: list[tuple[int, Relay]] = []  # (pid, relay): the process's relay (not a forked copy's)
+
+
+def relay_published(
+    root: str, container_id: str, port_fds: Sequence[int], *, paused: bool = False
+) -> Published | None:
+    """Relay the published host ports of a rootless container, held by ``port_fds`` (bound
+    outside, in the host's network namespace, by its owner), to the container's address and
+    ports: a thread of this process (one for all the containers it relays, the launcher's
+    included), moved into the holder's network namespace, accepts on copies of them and
+    connects from there.
+
+    None when there is nothing to relay: no ports, or not rootless (this process did not join
+    a holder: nftables forwards root's ports). ``paused``: see ``Relay``. Call ``close`` on the
+    result when the container has exited, before its port sockets are closed."""
+    if not port_fds:
+        return None
+    from pytest_minidock.runtime import holder
+
+    if not holder.joined():
+        return None
+    from pytest_minidock.runtime.network import Networks
+
+    networks = Networks(root)
+    pid = os.getpid()
+    if _shared and _shared[0][0] == pid:
+        relay = _shared[0][1]
+    else:
+        relay = Relay(DirectConnector(), paused=paused, enter=holder.enter_network)
+        _shared[:] = [(pid, relay)]
+    for fd in port_fds:
+        host = socket.socket(fileno=os.dup(fd))
+        try:
+            proto = "tcp" if host.type == socket.SOCK_STREAM else "udp"
+            if proto == "tcp":
+                host.listen(128)
+            ip, port = host.getsockname()[:2]
+            resolve = _resolver(networks, container_id, proto, str(ip), int(port))
+            relay.publish(proto, host, str(ip), int(port), resolve=resolve, group=container_id)
+        except BaseException:
+            host.close()
+            relay.withdraw(container_id)
+            raise
+    return Published(relay, container_id)
+
+
+def _resolver(
+    networks: Any, container_id: str, proto: str, ip: str, port: int
+) -> Callable[[], tuple[str, int] | None]:
+    """Where a published port leads (the container's address and port), from the network state
+    once there, then remembered."""
+    found: list[tuple[str, int]] = []
+
+    def resolve() -> tuple[str, int] | None:
+        if not found:
+            target = networks.target_of(container_id, proto, ip, port)
+            if target is None:
+                return None
+            found.append(target)
+        return found[0]
+
+    return resolve

@@ -16,6 +16,12 @@ How a published port works (docker's ``userland-proxy=false`` design, measured i
    masqueraded to the gateway, so replies come back.
 3. The kernel forwards: TCP (half-closes included) and UDP at veth speed, no copying process.
 
+Rootless (an ordinary user: no nftables on the host), the same reservation is relayed in by the
+container's monitor (``portfwd.relay_published``), which accepts on it: a TCP reservation then
+listens from the start, with ``SO_REUSEADDR``, so that the port can be reserved again at once
+after its container is gone (the relay's connections close first and linger in TIME_WAIT on the
+host port); a listening socket still refuses every other bind of its port, reusing or not.
+
 No pyroute2 here: ``network`` owns the kernel.
 """
 
@@ -199,20 +205,35 @@ class PublishedPorts:
         self.close()
 
 
-def _bind(ip: str, port: int, proto: str) -> _socket.socket:
+def _bind(ip: str, port: int, proto: str, *, relayed: bool = False) -> _socket.socket:
     kind = _socket.SOCK_STREAM if proto == "tcp" else _socket.SOCK_DGRAM
     sock = _socket.socket(_socket.AF_INET, kind | _socket.SOCK_CLOEXEC)
     try:
+        listen = relayed and proto == "tcp"
+        if listen:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         sock.bind((ip, port))
+        if listen:
+            sock.listen(128)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def reserve(specs: Sequence[PortSpec], default_host_ip: str = DEFAULT_HOST_IP) -> PublishedPorts:
+def reserve(
+    specs: Sequence[PortSpec],
+    default_host_ip: str = DEFAULT_HOST_IP,
+    *,
+    relayed: bool | None = None,
+) -> PublishedPorts:
     """Bind a socket for each spec's host port, atomically: all of them, or ``PortInUse``/
-    ``NetworkError`` with everything closed again."""
+    ``NetworkError`` with everything closed again. ``relayed``: the ports are relayed rather
+    than forwarded by nftables (default: rootless, i.e. not root), see the module's doc."""
+    if relayed is None:
+        import os
+
+        relayed = os.geteuid() != 0
     sockets: list[_socket.socket] = []
     mappings: list[PortMapping] = []
     try:
@@ -222,7 +243,7 @@ def reserve(specs: Sequence[PortSpec], default_host_ip: str = DEFAULT_HOST_IP) -
             candidates = range(spec.host_port, last + 1)
             for port in candidates:
                 try:
-                    sock = _bind(ip, port, spec.proto)
+                    sock = _bind(ip, port, spec.proto, relayed=relayed)
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
                         if port != last:

@@ -537,11 +537,15 @@ def _enter_with_helpers(idmap: IdMap, syscalls: Syscalls) -> None:
 
 
 def become_root(syscalls: Syscalls | None = None) -> None:
-    """Rootless: make the calling process (one thread; not root on the host) root of a new user
-    namespace mapped by :func:`runtime_idmap`. Every process that makes a container's namespaces
-    calls this first, and only this: the one place that decides which user namespace that is.
-    ``PrivilegeError`` (what to enable) if the kernel refuses."""
-    enter(runtime_idmap(), syscalls)
+    """Rootless: make the calling process (one thread; not root on the host) root of the user
+    namespace of the user's network holder (``holder``: mapped by :func:`runtime_idmap`, started
+    if need be), whose network namespace the user's networks live in; it stays in the host's
+    network namespace. Every process that makes a container's namespaces calls this first, and
+    only this: the one place that decides which user namespace that is. ``PrivilegeError`` (what
+    to enable) if the kernel refuses."""
+    from pytest_minidock.runtime import holder
+
+    holder.enter(syscalls=syscalls)
 
 
 def join_owner(ns_fd: int, syscalls: Syscalls) -> bool:

@@ -221,6 +221,8 @@ def user(busybox_rootfs: Path) -> Iterator[User]:
                 kept = [line for line in lines if not line.startswith(f"{name}:")]
                 if kept != lines:
                     Path(file).write_text("".join(kept))
+        if made is not None:  # (its network holder's runtime directory, made without XDG)
+            shutil.rmtree(f"/tmp/minidock-{made.uid}", ignore_errors=True)
         assert done.returncode in (0, 6), f"userdel {name}: {done.stderr!r}"
 
 
@@ -382,10 +384,7 @@ def test_killing_the_owner_kills_its_containers_and_limits_are_dropped_once(
 
 
 def test_the_network_choices(clean: User) -> None:
-    done = clean.md("run", "--rm", "busybox", "true")
-    assert done.returncode == 125
-    assert done.stderr.startswith("Error: network 'bridge' needs root for now")
-    assert done.stderr.count("\n") == 1
+    clean.ok("run", "--rm", "busybox", "true")  # (the bridge: in the user's network holder)
     before = set(os.listdir("/sys/class/net"))  # (other tests may add or remove links)
     out = clean.ok("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
     after = set(os.listdir("/sys/class/net"))

@@ -481,26 +481,3 @@ def test_the_delegated_subtree_is_the_highest_group_the_user_owns(tmp_path: Path
     session = "0::/user.slice/user-1001.slice/session-3.scope\n"  # (root's: not delegated)
     assert delegated_mount(mounts, session, 1001, owner=owner) is None
     assert delegated_mount(mounts, "1:name=systemd:/x\n", 1001, owner=owner) is None
-
-
-def test_rootless_containers_are_refused_a_network_of_their_own_in_one_line(
-    tmp_path: Path, rootless: None
-) -> None:
-    from pytest_minidock.runtime.container import Runtime
-    from pytest_minidock.spec import ContainerSpec
-
-    runtime = Runtime(tmp_path / "root")
-    for network in ("default", "mynet"):
-        spec = ContainerSpec(
-            image="busybox", image_id="sha256:" + "0" * 64, argv=("true",), network=network
-        )
-        with pytest.raises(PrivilegeError, match="needs root for now") as info:
-            runtime.create(spec, [])
-        assert "--network none" in str(info.value)
-        assert "\n" not in str(info.value)
-    assert not list((tmp_path / "root" / "containers").iterdir())
-    for network in ("none", "host"):
-        spec = ContainerSpec(
-            image="busybox", image_id="sha256:" + "0" * 64, argv=("true",), network=network
-        )
-        runtime.remove(runtime.create(spec, []).id)
