@@ -8,8 +8,10 @@ Run (as root): ``.venv/bin/python -m benchmarks.bench_build [--runs 10] [--files
    container), fully cached, and after editing the COPYed file (which must re-run only the steps
    from that ``COPY`` on: that is checked, not assumed);
 2. ``minidock build -q`` as a whole process, the same three (the rebuild after a COPY change
-   checked too, from ``--progress plain``), and the fully cached one once more without the
-   build memo (``MINIDOCK_BUILD_MEMO=0``: parse, plan and look every step up);
+   checked too, from ``--progress plain``), each with its CPU time (user + sys of the command
+   and its ``RUN`` container: steadier than wall time on a busy machine), and the fully cached
+   one once more without the build memo (``MINIDOCK_BUILD_MEMO=0``: parse, plan and look every
+   step up);
 3. ``docker build`` (BuildKit; a running dockerd, or ``--with-docker`` for a private one) and
    ``podman build`` (private ``--root``), the same three, when they are there;
 4. hashing a context of ``--files`` small files: files/s with no stat cache, then with it; a
@@ -136,21 +138,61 @@ def steps_run(plain: str) -> list[str]:
     return ran
 
 
+class ChildCpu:
+    """CPU time (user + sys) of the commands run through it: each one's, and that of the
+    processes it waited for (a ``RUN`` step's container). Steadier than wall time on a machine
+    doing other work."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def wrap(self, name: str, fn: Callable[[], object]) -> Callable[[], None]:
+        import resource
+
+        samples = self.samples.setdefault(name, [])
+
+        def run() -> None:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            fn()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            samples.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+
+        return run
+
+    def timing(self, name: str) -> Timing:
+        return Timing(f"  cpu (user+sys) of {name.split(': ', 1)[1]}", tuple(self.samples[name]))
+
+
 def bench_commands(
-    name: str, build: list[str], ctx: Path, runs: int, no_cache: list[str]
+    name: str,
+    build: list[str],
+    ctx: Path,
+    runs: int,
+    no_cache: list[str],
+    *,
+    cpu: ChildCpu | None = None,
 ) -> list[Timing]:
-    """``build`` + ``[--no-cache]`` + ``ctx``: cold, cached, after a COPY change."""
+    """``build`` + ``[--no-cache]`` + ``ctx``: cold, cached, after a COPY change (with ``cpu``,
+    the CPU time of each run is kept there too)."""
     edit = editor(ctx)
     cold_cmd = [*build, *no_cache, str(ctx)]
     warm_cmd = [*build, str(ctx)]
+
+    def timed(label: str, cmd: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            run_quiet(cmd, 300)
+
+        return run if cpu is None else cpu.wrap(label, run)
+
     for _ in range(WARMUPS):
         run_quiet(cold_cmd, timeout=300)
-    cold = measure(f"{name}: cold (--no-cache)", lambda: run_quiet(cold_cmd, 300), runs)
+    label = f"{name}: cold (--no-cache)"
+    cold = measure(label, timed(label, cold_cmd), runs)
     run_quiet(warm_cmd, timeout=300)
-    cached = measure(f"{name}: fully cached", lambda: run_quiet(warm_cmd, 300), runs)
-    changed = measure(
-        f"{name}: after a COPY change", lambda: run_quiet(warm_cmd, 300), runs, setup=edit
-    )
+    label = f"{name}: fully cached"
+    cached = measure(label, timed(label, warm_cmd), runs)
+    label = f"{name}: after a COPY change"
+    changed = measure(label, timed(label, warm_cmd), runs, setup=edit)
     return [cold, cached, changed]
 
 
@@ -285,9 +327,11 @@ def main() -> None:
         cli_ctx = work / "ctx-cli"
         shutil.copytree(ctx, cli_ctx)
         cli_cmd = [minidock, "--root", str(root), "build", "-q", "-t", "bench:2"]
-        cli = bench_commands("minidock build", cli_cmd, cli_ctx, args.runs, ["--no-cache"])
+        cpu = ChildCpu()
+        cli = bench_commands("minidock build", cli_cmd, cli_ctx, args.runs, ["--no-cache"], cpu=cpu)
         for t in cli:
             print(t.line())
+            print(cpu.timing(t.name).line())
         plain_env = {**CHILD_ENV, "MINIDOCK_BUILD_MEMO": "0"}
         nomemo = measure(
             "minidock build: fully cached, no memo",
@@ -344,8 +388,10 @@ def main() -> None:
             f"change {changed.median * 1000:.0f} ms; cold / cached = "
             f"{cold.median / cached.median:.0f}x"
         )
+        cpu_cold = cpu.timing(cli[0].name).median
         print(
-            f"minidock build process: cold {cli[0].median * 1000:.0f} ms (BuildKit: "
+            f"minidock build process: cold {cli[0].median * 1000:.0f} ms (cpu "
+            f"{cpu_cold * 1000:.0f} ms; BuildKit: "
             f"{BUILDKIT_COLD_MS:.0f}), fully cached {cli[1].median * 1000:.0f} ms (target <= "
             f"{TARGET_CACHED_CLI_MS:.0f}; {nomemo.median * 1000:.0f} ms without the memo; "
             f"importing the builder alone: {bare.median * 1000:.0f} ms), after a COPY change "

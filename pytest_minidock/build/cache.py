@@ -21,19 +21,19 @@ An entry whose layer blob is gone (``rmi`` collected it) is a miss, not an error
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pytest_minidock._record import dataclass
-from pytest_minidock.digest import Digest
+from pytest_minidock.digest import Digest, sha256
 from pytest_minidock.errors import BuildError, ImageError, InvalidDigest
 from pytest_minidock.image.model import Descriptor, History
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
     from pytest_minidock.build.context import StatCache
 
@@ -186,7 +186,7 @@ class BuildCache:
         """The directory of cache mount ``cache_id`` and whether it was just created."""
         import shutil
 
-        name = hashlib.sha256(cache_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        name = sha256(cache_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         path = self.mounts_dir / name / "data"
         if path.is_dir():
             return path, False
@@ -208,7 +208,7 @@ class BuildCache:
         return path, True
 
     def mount_lock_path(self, cache_id: str) -> Path:
-        name = hashlib.sha256(cache_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        name = sha256(cache_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.locks_dir / f"mount-{name}.lock"
 
     # -- stat caches --------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class BuildCache:
         """The saved file digests of the context directory ``context``."""
         from pytest_minidock.build.context import StatCache
 
-        name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
+        name = sha256(os.fsencode(context)).hexdigest()[:32]
         return StatCache.load(self.stat_dir / f"{name}.json")
 
     # -- prune --------------------------------------------------------------------------------

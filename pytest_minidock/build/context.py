@@ -23,22 +23,24 @@ Every error is a ``BuildError`` naming ``FILE:LINE`` of the instruction and the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import stat
+import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 from pytest_minidock._record import dataclass, field
 from pytest_minidock.build.ignore import PatternMatcher, go_clean, load_ignore
 from pytest_minidock.build.memo import Signature, signature
+from pytest_minidock.digest import sha256
 from pytest_minidock.errors import BuildError, StoreError
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from typing import Literal
 
     from pytest_minidock.dockerfile.instructions import Location
 
@@ -58,9 +60,15 @@ __all__ = [
     "parents_keep",
 ]
 
-EntryKind = Literal["file", "dir", "symlink", "char", "block", "fifo"]
+if TYPE_CHECKING:
+    EntryKind = Literal["file", "dir", "symlink", "char", "block", "fifo"]
+else:
+    EntryKind = str
 
 _READ = 1 << 20
+_without_openssl = [1 << 18]
+"""How many more bytes of file content may be hashed by CPython's own sha256 (see
+``_content_hex``)."""
 _MAX_SYMLINKS = 40
 _STAT_CACHE_VERSION = 1
 
@@ -91,7 +99,8 @@ def entry_digest(
 ) -> str:
     """The hex digest of one entry: everything that defines it except its times."""
     text = f"{kind}\0{stat.S_IMODE(mode):o}\0{uid}\0{gid}\0{size}\0{link}\0{content}"
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    hexdigest: str = sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return hexdigest
 
 
 # -- wildcards ---------------------------------------------------------------------------------
@@ -464,14 +473,14 @@ class BuildContext:
             root = self._entry("", real, host, st)
             entries = tuple(self._walk(real, exclude))
             parts = [f"{e.rel}\0{e.digest}" for e in entries]
-            digest = hashlib.sha256(
+            digest = _content_hex(
                 "\n".join([f"dir\0{match}\0{root.digest}", *parts]).encode(
                     "utf-8", "surrogateescape"
                 )
-            ).hexdigest()
+            )
             return ContextSource(written, match, name, True, entries, root, digest)
         entry = self._entry("", real, host, st)
-        digest = hashlib.sha256(
+        digest = sha256(
             f"file\0{match}\0{entry.digest}".encode("utf-8", "surrogateescape")
         ).hexdigest()
         return ContextSource(written, match, name, False, (entry,), None, digest)
@@ -488,14 +497,14 @@ class BuildContext:
             content = self.stat_cache.get(ctx_rel, st) or ""
             if not content:
                 before = _fs_clock_ns()
-                content = _hash_file(host)
+                content = _hash_file(host, size)
                 self.stat_cache.put(ctx_rel, st, content, racy=max_time(st) >= before)
         rdev = st.st_rdev if kind in ("char", "block") else 0
         digest = entry_digest(
             kind, st.st_mode, uid=st.st_uid, gid=st.st_gid, size=size, link=link, content=content
         )
         if rdev:
-            digest = hashlib.sha256(f"{digest}\0{rdev}".encode()).hexdigest()
+            digest = sha256(f"{digest}\0{rdev}".encode()).hexdigest()
         return ContextEntry(
             rel,
             host,
@@ -605,13 +614,37 @@ def max_time(st: os.stat_result) -> int:
     return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _content_hex(data: bytes) -> str:
+    """The hex sha256 of ``data``, a file's content or a directory's listing.
+
+    ``hashlib`` loads OpenSSL (~4 ms), as long as CPython's own sha256 (``digest.sha256``)
+    takes for ~300 KiB (it is ~10 times slower per byte): a context of a few small files is
+    hashed without it, and once more than ``_without_openssl`` bytes were, OpenSSL's is used."""
+    if "hashlib" not in sys.modules and len(data) <= _without_openssl[0]:
+        _without_openssl[0] -= len(data)
+        small: str = sha256(data).hexdigest()
+        return small
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hash_file(path: Path, size: int) -> str:
+    """The hex sha256 of the content of the file at ``path``, whose ``stat`` said ``size``
+    bytes (read in one piece of that size when it is small: no chunk-sized buffer)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise BuildError(f"cannot read {path}: {exc.strerror}") from exc
     try:
+        want = min(size + 1, _READ)  # one byte more: a file grown since ``stat`` shows
+        head = os.read(fd, want)
+        if len(head) < want and not (head and os.read(fd, 1)):
+            return _content_hex(head)  # the whole file (most are smaller than a chunk)
+        import hashlib
+
+        h = hashlib.sha256(head)
+        os.lseek(fd, len(head), os.SEEK_SET)
         while chunk := os.read(fd, _READ):
             h.update(chunk)
     except OSError as exc:
@@ -676,6 +709,8 @@ def fetch_url(
     parsed = urllib.parse.urlsplit(url)
     name = urllib.parse.unquote(parsed.path.rstrip("/").rpartition("/")[2])
     request = urllib.request.Request(url, headers={"User-Agent": f"minidock/{__version__}"})
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any
 
 from pytest_minidock._record import replace
 from pytest_minidock.build.context import located
@@ -25,10 +24,12 @@ from pytest_minidock.build.runner import RunMount
 from pytest_minidock.dockerfile.flags import BindMount, CacheMount, SecretMount, TmpfsMount
 from pytest_minidock.errors import MinidockError
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
+    from typing import Any
 
     from pytest_minidock.build.cache import BuildCache, LayerRef
     from pytest_minidock.build.context import BuildContext

@@ -23,16 +23,16 @@ in, which is what lets the property tests check that a key changes exactly when 
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import TYPE_CHECKING, Any
 
 from pytest_minidock import _record
 from pytest_minidock._record import dataclass
-from pytest_minidock.digest import Digest
+from pytest_minidock.digest import Digest, sha256_bytes
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
     from pytest_minidock.dockerfile.instructions import Instruction
 
@@ -106,7 +106,7 @@ class PlannedStep:
 
 def _hash(*parts: Any) -> Digest:
     text = json.dumps([KEY_VERSION, *parts], separators=(",", ":"), ensure_ascii=False)
-    return Digest("sha256", hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest())
+    return sha256_bytes(text.encode("utf-8", "surrogateescape"))
 
 
 def base_key(base: str, platform: str) -> Digest:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
 
 from pytest_minidock._record import dataclass, replace
 from pytest_minidock.dockerfile._go import (
@@ -51,6 +50,7 @@ from pytest_minidock.dockerfile._go import (
 from pytest_minidock.dockerfile.shell import Lexer
 from pytest_minidock.errors import DockerfileSyntaxError
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -227,6 +227,8 @@ def parse_heredoc(word: str) -> Heredoc | None:
     Content is empty: it is read from the lines after the instruction. Raises
     ``DockerfileSyntaxError`` for a terminator with unbalanced quotes.
     """
+    if "<<" not in word:  # most words: no need for the pattern
+        return None
     match = re.fullmatch(_HEREDOC, word)
     if match is None or not match.group(3):
         return None
@@ -443,7 +445,7 @@ def _parse_json(rest: str) -> tuple[str, ...]:
     if not all(isinstance(v, str) for v in value):
         raise DockerfileSyntaxError(_NOT_STRINGS)
     # Go replaces invalid UTF-8 and unpaired surrogate escapes with U+FFFD.
-    return tuple(re.sub("[\ud800-\udfff]", "\ufffd", v) for v in value)
+    return tuple(v if v.isascii() else re.sub("[\ud800-\udfff]", "\ufffd", v) for v in value)
 
 
 def _maybe_json(rest: str) -> tuple[tuple[str, ...], bool]:
@@ -567,11 +569,6 @@ def _is_comment(line: str) -> bool:
     return go_trim_left_space(line).startswith("#")
 
 
-def _continuation_re(escape: str) -> re.Pattern[str]:
-    e = re.escape(escape)
-    return re.compile(rf"([^{e}]){e}[ \t]*\Z|^{e}[ \t]*\Z")
-
-
 class _Parser:
     """One parse of one file; state mirrors buildkit's ``Parse`` loop."""
 
@@ -580,7 +577,6 @@ class _Parser:
         self.raw = lines
         self.lines = tuple(_trim_newline(line) for line in lines)
         self.escape = DEFAULT_ESCAPE
-        self.continuation = _continuation_re(DEFAULT_ESCAPE)
         self.directives: list[Directive] = []
         self.directives_done = False
         self.seen: set[str] = set()
@@ -613,7 +609,6 @@ class _Parser:
                     f"invalid escape token {value!r}: use ` (backtick) or \\ (backslash)", line
                 )
             self.escape = value
-            self.continuation = _continuation_re(value)
         self.directives.append(Directive(name, value, line))
         return True
 
@@ -634,10 +629,15 @@ class _Parser:
         return ("" if _is_comment(token) else token), is_directive
 
     def trim_continuation(self, line: str) -> tuple[str, bool]:
-        match = self.continuation.search(line)
-        if match is None:
+        """``line`` without a continuation (the escape character last, blanks after it allowed,
+        not itself escaped), and whether the line ends the instruction."""
+        stripped = line.rstrip(" \t")
+        if not stripped.endswith(self.escape):
             return line, True
-        return line[: match.start()] + (match.group(1) or ""), False
+        body = stripped[:-1]
+        if body.endswith(self.escape):  # an escaped escape character: no continuation
+            return line, True
+        return body, False
 
     def run(self) -> ParseResult:
         raw = self.raw

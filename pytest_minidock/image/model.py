@@ -9,12 +9,15 @@ model are kept in ``extra`` and written back, so a foreign config survives an ed
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pytest_minidock._record import dataclass, field, replace
 from pytest_minidock.digest import Digest
 from pytest_minidock.errors import ImageError, InvalidDigest
 from pytest_minidock.image import mediatypes as mt
+
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ContainerConfig",

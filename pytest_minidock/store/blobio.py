@@ -10,24 +10,29 @@ byte-identical blob.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import queue
 import struct
 import threading
 import zlib
 from collections import deque
-from typing import IO, TYPE_CHECKING, Final, cast
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher
 from pytest_minidock.errors import DigestMismatch, StoreError
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
+    import queue
     from collections.abc import Callable
     from concurrent.futures import Future, ThreadPoolExecutor
     from pathlib import Path
+    from typing import IO, Final, cast
+else:
+
+    def cast(_type: object, value: object) -> object:  # typing's, without its import
+        return value
+
 
 __all__ = [
     "CHUNK",
@@ -70,26 +75,34 @@ class ChunkSink:
     """Cuts the tar stream into exactly ``CHUNK``-byte pieces (the last one shorter).
 
     Fixed boundaries make the compressed output independent of how the stream was produced.
-    File data is read straight into the chunk buffer.
+    File data is read straight into the chunk buffer, which grows as the stream needs, up to
+    ``CHUNK`` (a small layer never pays for a whole chunk of zeroed memory).
     """
 
-    __slots__ = ("_buf", "_emit", "_pos", "_view")
+    __slots__ = ("_buf", "_emit", "_pos")
 
     def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._buf = bytearray(CHUNK)
-        self._view = memoryview(self._buf)
+        self._buf = bytearray()
         self._pos = 0
         self._emit = emit
 
+    def _room(self, n: int) -> None:
+        """Make the buffer hold ``n`` more bytes after ``_pos`` (``_pos + n <= CHUNK``)."""
+        have = len(self._buf)
+        if have < self._pos + n:
+            self._buf += bytes(max(self._pos + n, min(CHUNK, 2 * have)) - have)
+
     def _ship(self) -> None:
-        self._emit(bytes(self._view[: self._pos]))
+        with memoryview(self._buf) as view:
+            self._emit(bytes(view[: self._pos]))
         self._pos = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
             n = min(len(view), CHUNK - self._pos)
-            self._view[self._pos : self._pos + n] = view[:n]
+            self._room(n)
+            self._buf[self._pos : self._pos + n] = view[:n]
             self._pos += n
             view = view[n:]
             if self._pos == CHUNK:
@@ -101,9 +114,10 @@ class ChunkSink:
         with open(fd, "rb", buffering=0, closefd=True) as f:
             remaining = size
             while remaining:
-                n = f.readinto(
-                    self._view[self._pos : self._pos + min(CHUNK - self._pos, remaining)]
-                )
+                want = min(CHUNK - self._pos, remaining)
+                self._room(want)
+                with memoryview(self._buf) as view:
+                    n = f.readinto(view[self._pos : self._pos + want])
                 if not n:
                     raise StoreError(
                         f"{os.fsdecode(path)} shrank while it was being put in a layer"
@@ -232,6 +246,8 @@ class Prefetch(io.RawIOBase):
         super().__init__()
         self._inner = inner
         self._also = also
+        import queue  # only for reading layers: not at import
+
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._AHEAD)
         self._stop = threading.Event()
         self._pending = memoryview(b"")
@@ -267,6 +283,8 @@ class Prefetch(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        import queue
+
         self._stop.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
@@ -286,6 +304,7 @@ def pump(
     what: str,
 ) -> None:
     """Body of the ``Prefetch`` thread: chunks, then b"" at EOF, or the error that ended it."""
+    import queue
 
     def put(item: bytes | BaseException) -> bool:
         while not stop.is_set():
@@ -317,6 +336,8 @@ class VerifyingReader(io.RawIOBase):
         self._inner = inner
         self._expected = expected
         self._what = what
+        import hashlib  # for layers: large, and it loads OpenSSL (~4 ms)
+
         self._h = hashlib.new(expected.algorithm)
         self._done = False
 
@@ -373,13 +394,17 @@ class QueueReader:
 
 
 class TeeReader:
-    """Reads ``src`` in large chunks, serving reads and copying every chunk into a queue."""
+    """Reads ``src`` in large chunks, serving reads and copying every chunk into a queue
+    (``head``, bytes the caller already read from ``src``, first)."""
 
-    def __init__(self, src: IO[bytes], q: queue.Queue[bytes | None]) -> None:
+    def __init__(self, src: IO[bytes], q: queue.Queue[bytes | None], head: bytes = b"") -> None:
         self._src = src
         self._q = q
         self._buf = memoryview(b"")
         self._eof = False
+        if head:  # bytes already read from ``src``: served (and queued) first
+            self._q.put(head)
+            self._buf = memoryview(head)
 
     def _fill(self) -> None:
         chunk = self._src.read(CHUNK)

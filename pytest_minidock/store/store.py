@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pytest_minidock._record import dataclass, field
 from pytest_minidock.digest import Digest
@@ -41,18 +41,39 @@ from pytest_minidock.store.blobs import BlobStore, pid_alive, remove_tree
 from pytest_minidock.store.locking import exclusive, gc_exclusive, gc_shared
 from pytest_minidock.store.paths import StorePaths, default_root
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+    from typing import IO, Any, BinaryIO, TypeVar, cast
 
     from pytest_minidock.image.protocols import Image
     from pytest_minidock.store.layers import LayerBlob
     from pytest_minidock.store.snapshots import ExtractPolicy
 
-T = TypeVar("T")
+    T = TypeVar("T")
+else:
+
+    def cast(_type: object, value: object) -> object:  # typing's, without its import
+        return value
+
 
 __all__ = ["DiskUsage", "ImageRecord", "PruneReport", "Store", "StoreImage", "StoreLayer"]
 
 _CHUNK = 1 << 20
+_SMALL_LAYER = 1 << 20
+"""A layer tar up to this size is ingested from memory, without a compressing thread."""
+
+
+def _read_up_to(stream: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    parts: list[bytes] = []
+    while n > 0:
+        data = stream.read(n)
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
 
 
 def now_rfc3339() -> str:
@@ -304,10 +325,14 @@ class Store:
         data = self._json_blobs.get(digest)
         if data is None:
             data = self.blobs.read(digest)
-            if len(self._json_blobs) > 512:
-                self._json_blobs.clear()
-            self._json_blobs[digest] = data
+            self._remember_json(digest, data)
         return data
+
+    def _remember_json(self, digest: Digest, data: bytes) -> None:
+        """Cache the bytes of the JSON blob ``digest`` (read, or just written and verified)."""
+        if len(self._json_blobs) > 512:
+            self._json_blobs.clear()
+        self._json_blobs[digest] = data
 
     def parsed(self, digest: Digest, parse: Callable[[bytes, str], T], what: str) -> T:
         """A manifest or config parsed once per digest (blobs never change once written)."""
@@ -523,15 +548,19 @@ class Store:
         self, config: ImageConfig, layers: Sequence[Descriptor], refs: Sequence[Reference]
     ) -> ImageRecord:
         raw_config = config.to_json()
-        cdigest = self.blobs.write_bytes(raw_config)
+        cdigest = self.blobs.write_bytes(raw_config, durable=False)
         manifest = Manifest(
             config=Descriptor(mt.OCI_CONFIG, cdigest, len(raw_config)), layers=tuple(layers)
         )
         raw = manifest.to_json()
-        mdesc = Descriptor(mt.OCI_MANIFEST, self.blobs.write_bytes(raw), len(raw))
+        mdesc = Descriptor(mt.OCI_MANIFEST, self.blobs.write_bytes(raw, durable=False), len(raw))
+        self._remember_json(cdigest, raw_config)  # read back at once, for the record
+        self._remember_json(mdesc.digest, raw)
         return self._name(mdesc, refs)
 
     def _name(self, mdesc: Descriptor, refs: Sequence[Reference]) -> ImageRecord:
+        self.blobs.sync()  # the image's blobs are durable before the index names them
+
         def edit(entries: list[Descriptor]) -> list[Descriptor]:
             if not refs:
                 return idx.add_unnamed(entries, mdesc)
@@ -546,7 +575,7 @@ class Store:
         """Adopt a gzip layer file written by ``layers.layer_from_*`` (moved into the store)."""
         with gc_shared(self.paths.gc_lock):
             if not self.blobs.exists(blob.digest):
-                self.blobs.publish(blob.path, blob.digest)
+                self.blobs.publish(blob.path, blob.digest, durable=False)  # see _name
         return Descriptor(mt.OCI_LAYER_GZIP, blob.digest, blob.size)
 
     def add_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool = True) -> LayerBlob:
@@ -559,29 +588,71 @@ class Store:
         """The media type of the layers this store writes (gzip or plain tar)."""
         return mt.OCI_LAYER_GZIP if self.compression == "gzip" else mt.OCI_LAYER
 
-    def _write_tar(self, src: BinaryIO, out: Path) -> LayerBlob:
-        from pytest_minidock.store.layers import compress_tar, copy_tar
+    def _write_tar(self, src: BinaryIO | bytes, out: Path) -> LayerBlob:
+        from pytest_minidock.store.layers import compress_tar, compress_tar_bytes, copy_tar
 
+        if isinstance(src, bytes):
+            if self.compression == "gzip":
+                return compress_tar_bytes(src, out)
+            src = io.BytesIO(src)
         return compress_tar(src, out) if self.compression == "gzip" else copy_tar(src, out)
 
     def _ingest_layer(self, tar_stream: IO[bytes], *, source: str, unpack: bool) -> LayerBlob:
-        """Compress, hash and (optionally) unpack a tar stream in one pass; publish both."""
+        """Compress, hash and (optionally) unpack a tar stream; publish both.
+
+        A small tar (at most ``_SMALL_LAYER`` bytes: a ``WORKDIR`` or a ``COPY`` of a few
+        files, most of a build's layers) is read whole and compressed from memory, then
+        unpacked unless its snapshot is already there (the same bytes, unpacked before); a
+        larger one is unpacked in one pass while a thread compresses it. A blob already in the
+        store is not written again."""
+        tmp_blob = self.blobs.temp_path("layer")
+        tmp_snap: Path | None = None
+        try:
+            if not unpack:
+                blob = self._write_tar(cast("BinaryIO", tar_stream), tmp_blob)
+                self._publish_layer(tmp_blob, blob)
+                return blob
+            head = _read_up_to(tar_stream, _SMALL_LAYER + 1)
+            if len(head) <= _SMALL_LAYER:
+                blob = self._write_tar(head, tmp_blob)
+                if not _complete(self.paths.snapshots / blob.diff_id.hex):
+                    from pytest_minidock.store.snapshots import extract_layer
+
+                    tmp_snap = self.blobs.temp_path("snapshot")
+                    (tmp_snap / "fs").mkdir(parents=True)
+                    written = extract_layer(
+                        io.BytesIO(head), tmp_snap / "fs", policy=self.policy, source=source
+                    )
+            else:
+                tmp_snap = self.blobs.temp_path("snapshot")
+                (tmp_snap / "fs").mkdir(parents=True)
+                written, blob = self._ingest_large(head, tar_stream, tmp_snap, tmp_blob, source)
+            self._publish_layer(tmp_blob, blob)
+            if tmp_snap is not None:
+                (tmp_snap / "size").write_text(str(written))
+                self._publish_snapshot(tmp_snap, blob.diff_id)
+            return blob
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_blob.unlink()
+            if tmp_snap is not None and tmp_snap.exists():
+                remove_tree(tmp_snap)
+
+    def _publish_layer(self, tmp_blob: Path, blob: LayerBlob) -> None:
+        """Move a layer blob written at ``tmp_blob`` into the store, unless it is there."""
+        if not self.blobs.exists(blob.digest):
+            self.blobs.publish(tmp_blob, blob.digest, durable=False)  # synced by _name
+
+    def _ingest_large(
+        self, head: bytes, rest: IO[bytes], tmp_snap: Path, tmp_blob: Path, source: str
+    ) -> tuple[int, LayerBlob]:
+        """Unpack ``head`` + ``rest`` into ``tmp_snap`` while a thread compresses the same bytes
+        into ``tmp_blob``; the bytes written and the blob."""
+        import queue  # with threading: only large layers need them
+        import threading
+
         from pytest_minidock.store.blobio import QueueReader, TeeReader
         from pytest_minidock.store.snapshots import extract_layer
-
-        tmp_blob = self.blobs.temp_path("layer")
-        if not unpack:
-            try:
-                blob = self._write_tar(cast("BinaryIO", tar_stream), tmp_blob)
-                self.blobs.publish(tmp_blob, blob.digest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp_blob.unlink()
-            return blob
-        tmp_snap = self.blobs.temp_path("snapshot")
-        (tmp_snap / "fs").mkdir(parents=True)
-        import queue  # with threading: only imports of layers need them
-        import threading
 
         q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         reader = QueueReader(q)
@@ -598,28 +669,18 @@ class Store:
 
         worker = threading.Thread(target=compress, name="minidock-compress", daemon=True)
         worker.start()
-        tee = TeeReader(tar_stream, q)
+        tee = TeeReader(rest, q, head=head)
         try:
-            try:
-                written = extract_layer(
-                    cast("BinaryIO", tee), tmp_snap / "fs", policy=self.policy, source=source
-                )
-                tee.drain()
-            finally:
-                q.put(None)
-                worker.join()
-            if errors:
-                raise errors[0]
-            blob = result[0]
-            self.blobs.publish(tmp_blob, blob.digest)
-            (tmp_snap / "size").write_text(str(written))
-            self._publish_snapshot(tmp_snap, blob.diff_id)
-            return blob
+            written = extract_layer(
+                cast("BinaryIO", tee), tmp_snap / "fs", policy=self.policy, source=source
+            )
+            tee.drain()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp_blob.unlink()
-            if tmp_snap.exists():
-                remove_tree(tmp_snap)
+            q.put(None)
+            worker.join()
+        if errors:
+            raise errors[0]
+        return written, result[0]
 
     def _publish_snapshot(self, tmp_snap: Path, diff_id: Digest) -> None:
         final = self.paths.snapshots / diff_id.hex

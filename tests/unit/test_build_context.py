@@ -293,3 +293,37 @@ def test_add_downloads_urls_and_checks_checksums(
         port = s.getsockname()[1]
     with pytest.raises(BuildError, match="ctx/Dockerfile:7: ADD failed: downloading"):
         fetch_url(f"http://127.0.0.1:{port}/x", tmp_path / "dl5", HERE, timeout=5)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, (1 << 20) - 1, 1 << 20, (3 << 20) + 5])
+def test_file_content_digests_are_sha256_whatever_the_size(tmp_path: Path, size: int) -> None:
+    """Small files are read in one piece and hashed without OpenSSL while little was, larger
+    ones are streamed: the digest is the file's sha256 either way."""
+    from pytest_minidock.build import context as context_module
+
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    assert context_module._hash_file(path, size) == hashlib.sha256(data).hexdigest()
+    # a file that grew after its stat said ``size`` is hashed whole, not cut at that size
+    path.write_bytes(data + b"more")
+    assert context_module._hash_file(path, size) == hashlib.sha256(data + b"more").hexdigest()
+
+
+def test_content_digests_switch_to_openssl_after_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While ``hashlib`` is not imported, content is hashed without it up to a budget of bytes;
+    past it, ``hashlib`` (OpenSSL) is imported and used."""
+    import sys
+
+    from pytest_minidock.build import context as context_module
+
+    monkeypatch.delitem(sys.modules, "hashlib")  # as in a fresh ``minidock build``
+    monkeypatch.setattr(context_module, "_without_openssl", [10])
+    assert context_module._content_hex(b"12345") == hashlib.sha256(b"12345").hexdigest()
+    assert context_module._without_openssl == [5]
+    assert "hashlib" not in sys.modules
+    assert context_module._content_hex(b"123456") == hashlib.sha256(b"123456").hexdigest()
+    assert "hashlib" in sys.modules
+    assert context_module._without_openssl == [5]

@@ -22,6 +22,7 @@ from pytest_minidock.store import blobio, layers
 from pytest_minidock.store.layers import (
     LayerBlob,
     compress_tar,
+    compress_tar_bytes,
     layer_from_diff,
     layer_from_dir,
     layer_from_overlay_upper,
@@ -271,6 +272,22 @@ def test_output_does_not_depend_on_threads_or_on_compress_tar(
     assert again.diff_id == threaded.diff_id
     assert again.uncompressed_size == threaded.uncompressed_size
     assert again.path == tmp_path / "c.tgz"
+
+
+@pytest.mark.parametrize("size", [0, 1000, 2 * layers.CHUNK + 7])
+def test_compress_tar_bytes_writes_what_compress_tar_does(tmp_path: Path, size: int) -> None:
+    """The in-memory form (small layers) gives the same blob, one chunk or several."""
+    payload = os.urandom(size)
+    streamed = compress_tar(io.BytesIO(payload), tmp_path / "a.tgz")
+    in_memory = compress_tar_bytes(payload, tmp_path / "b.tgz")
+    assert in_memory.path.read_bytes() == streamed.path.read_bytes()
+    assert (in_memory.digest, in_memory.diff_id, in_memory.size) == (
+        streamed.digest,
+        streamed.diff_id,
+        streamed.size,
+    )
+    assert in_memory.uncompressed_size == size
+    assert gzip.decompress(in_memory.path.read_bytes()) == payload
 
 
 def test_compress_tar_hashes_both_sides_and_reads_in_odd_pieces(tmp_path: Path) -> None:

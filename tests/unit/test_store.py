@@ -316,6 +316,113 @@ def test_an_incomplete_snapshot_is_unpacked_again_not_reused(store: Store) -> No
     assert image == store.resolve("half:1").id
 
 
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every entry below ``root``: mode and content (a link's target)."""
+    out: dict[str, tuple[int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                data = os.readlink(path).encode()
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                data = b""
+            out[os.path.relpath(path, root)] = (st.st_mode, data)
+    return out
+
+
+def test_small_and_large_layers_are_stored_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small tar is ingested from memory, a large one while a thread compresses it: the same
+    blob, the same diff_id and the same snapshot either way."""
+    import pytest_minidock.store.store as store_module
+
+    data = _tar({"a/one": b"1" * 3000, "a/two": b"two", "b": os.urandom(5000)})
+    small = Store(tmp_path / "small")
+    blob_small = small.add_layer(io.BytesIO(data), source="small")
+    monkeypatch.setattr(store_module, "_SMALL_LAYER", 700)  # the tar is larger: threaded path
+    large = Store(tmp_path / "large")
+    blob_large = large.add_layer(io.BytesIO(data), source="large")
+    assert (blob_small.digest, blob_small.diff_id, blob_small.size) == (
+        blob_large.digest,
+        blob_large.diff_id,
+        blob_large.size,
+    )
+    assert small.blobs.path(blob_small.digest).read_bytes() == (
+        large.blobs.path(blob_large.digest).read_bytes()
+    )
+    snap_small = small.snapshot(blob_small.diff_id)
+    snap_large = large.snapshot(blob_large.diff_id)
+    assert _tree(snap_small) == _tree(snap_large)
+    assert (snap_small.parent / "size").read_text() == (snap_large.parent / "size").read_text()
+    assert small.check() == []
+    assert large.check() == []
+    assert list(small.blobs.tmp_dir.iterdir()) == list(large.blobs.tmp_dir.iterdir()) == []
+
+
+def test_a_layer_stored_again_reuses_its_blob_and_snapshot(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same layer again (a ``--no-cache`` rebuild): its snapshot is not unpacked a second
+    time and its blob file is left as it is."""
+    import pytest_minidock.store.snapshots as snapshots_module
+
+    data = _tar({"app/file": b"content"})
+    first = store.add_layer(io.BytesIO(data), source="first")
+    blob_inode = store.blobs.path(first.digest).stat().st_ino
+    snap = store.snapshot(first.diff_id)
+    snap_inode = snap.stat().st_ino
+
+    def no_extraction(*args: object, **kwargs: object) -> int:
+        raise AssertionError("unpacked again")
+
+    monkeypatch.setattr(snapshots_module, "extract_layer", no_extraction)
+    again = store.add_layer(io.BytesIO(data), source="again")
+    assert (again.digest, again.diff_id) == (first.digest, first.diff_id)
+    assert store.blobs.path(first.digest).stat().st_ino == blob_inode
+    assert store.snapshot(first.diff_id).stat().st_ino == snap_inode
+    assert (snap / "app" / "file").read_bytes() == b"content"
+    assert list(store.blobs.tmp_dir.iterdir()) == []
+
+
+def test_an_image_s_blobs_are_synced_once_before_the_index_names_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer, config and manifest renames are made durable by one fsync of the blob directory,
+    and that comes before the index (the only durable thing naming them) is written."""
+    import pytest_minidock.store.blobs as blobs_module
+    import pytest_minidock.store.index as index_module
+    from pytest_minidock.image.model import Descriptor, ImageConfig
+
+    events: list[str] = []
+    real_fsync_dir = blobs_module.fsync_dir
+
+    def recording(path: Path) -> None:
+        events.append(f"sync {os.path.relpath(path, store.root)}")
+        real_fsync_dir(path)
+
+    real_write = index_module.ImageIndex._write
+
+    def write(self: object, entries: list[Descriptor]) -> None:
+        events.append("index")
+        real_write(self, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blobs_module, "fsync_dir", recording)
+    monkeypatch.setattr(index_module, "fsync_dir", recording)
+    monkeypatch.setattr(index_module.ImageIndex, "_write", write)
+    blobs = [store.add_layer(io.BytesIO(_tar({f"f{i}": b"x" * i})), source="t") for i in (1, 2)]
+    assert events == []  # no fsync per layer
+    config = ImageConfig(diff_ids=tuple(b.diff_id for b in blobs))
+    layers = [Descriptor(store.layer_media_type, b.digest, b.size) for b in blobs]
+    store.commit_layers(config, layers, [R("synced:1")])
+    assert events == ["sync blobs/sha256", "index", "sync ."]
+    assert store.resolve("synced:1").diff_ids == config.diff_ids
+
+
 def test_gc_takes_a_snapshot_out_of_snapshots_before_deleting_it(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
