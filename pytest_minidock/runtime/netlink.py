@@ -16,10 +16,11 @@ import itertools
 import os
 import select
 import struct
-from typing import TYPE_CHECKING, Final
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
+    from typing import Final
 
 __all__ = [
     "NLM_F_ACK",
