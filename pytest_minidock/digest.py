@@ -7,10 +7,13 @@ value; nothing deeper in the code handles raw ``"sha256:…"`` strings.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.errors import DigestMismatch, InvalidDigest
+
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 __all__ = ["Digest", "Hasher", "sha256", "sha256_bytes", "sha256_file"]
 
@@ -19,8 +22,6 @@ _CHUNK = 1 << 20
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _ALGO_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _ALGO_SEPARATORS = frozenset(".+_-")
-_SMALL = 1 << 16
-"""Below this size, sha256 is computed without importing ``hashlib`` when nothing has yet."""
 
 
 def _is_algorithm(text: str) -> bool:
@@ -43,18 +44,35 @@ def _is_algorithm(text: str) -> bool:
 def sha256(data: bytes | bytearray | memoryview) -> Any:
     """A sha256 object over ``data``. ``hashlib`` loads OpenSSL (~4 ms at import), which a
     command hashing only a manifest and a config need not pay: CPython's own implementation
-    (``_sha256``, ``_sha2`` from 3.12) is as fast for such small inputs. Once ``hashlib`` is
-    imported, or for larger inputs, OpenSSL's is used."""
-    if len(data) <= _SMALL and "hashlib" not in sys.modules:
-        try:
-            module = __import__("_sha2" if sys.version_info >= (3, 12) else "_sha256")
-        except ImportError:  # a Python built without it
-            pass
-        else:
+    (``_sha256``, ``_sha2`` from 3.12) does small inputs as fast, large ones ~4 times slower;
+    so it is used while ``hashlib`` is not imported and until ``_WITHOUT_OPENSSL`` bytes were
+    hashed that way (~1 ms of hashing, less than the import), OpenSSL's from then on."""
+    if "hashlib" not in sys.modules and _spend(len(data)):
+        module = _builtin_sha256()
+        if module is not None:
             return module.sha256(data)
     import hashlib
 
     return hashlib.sha256(data)
+
+
+_WITHOUT_OPENSSL = [1 << 18]
+"""Bytes this process may still hash with CPython's own sha256 (see ``sha256``)."""
+
+
+def _spend(n: int) -> bool:
+    """Take ``n`` bytes from ``_WITHOUT_OPENSSL`` if it has them."""
+    if n > _WITHOUT_OPENSSL[0]:
+        return False
+    _WITHOUT_OPENSSL[0] -= n
+    return True
+
+
+def _builtin_sha256() -> Any:
+    try:
+        return __import__("_sha2" if sys.version_info >= (3, 12) else "_sha256")
+    except ImportError:  # a Python built without it
+        return None
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -111,27 +129,61 @@ class Digest:
 
 
 class Hasher:
-    """Streaming hasher: feed chunks, read the ``Digest`` and byte count at the end."""
+    """Streaming hasher: feed chunks, read the ``Digest`` and byte count at the end.
 
-    __slots__ = ("_h", "algorithm", "size")
+    A sha256 stream is held back while ``sha256`` would hash it without ``hashlib`` (small
+    layers, configs, manifests: no OpenSSL import for them), and hashed at ``digest``; past
+    that, or once ``hashlib`` is imported, it goes through ``hashlib`` from then on."""
+
+    __slots__ = ("_digest", "_h", "_held", "algorithm", "size")
 
     def __init__(self, algorithm: str = "sha256") -> None:
         if algorithm not in _HEX_LEN:
             raise InvalidDigest(f"unsupported digest algorithm {algorithm!r}")
         self.algorithm = algorithm
-        import hashlib
+        self._h: Any = None
+        self._held: list[bytes] | None = None
+        """The chunks so far (copies: callers may reuse their buffers), while held back."""
+        self._digest: Digest | None = None
+        """The digest of the held chunks, once asked for (not to hash them twice)."""
+        if algorithm == "sha256" and "hashlib" not in sys.modules:
+            self._held = []
+        else:
+            import hashlib
 
-        self._h = hashlib.new(algorithm)
+            self._h = hashlib.new(algorithm)
         self.size = 0
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
         """Add ``chunk`` to the hash."""
-        self._h.update(chunk)
         self.size += len(chunk)
+        held = self._held
+        if held is None:
+            self._h.update(chunk)
+            return
+        self._digest = None
+        if self.size <= _WITHOUT_OPENSSL[0] and "hashlib" not in sys.modules:
+            held.append(bytes(chunk))
+            return
+        import hashlib
+
+        h = hashlib.new(self.algorithm)
+        for piece in held:
+            h.update(piece)
+        h.update(chunk)
+        self._h = h
+        self._held = None
 
     def digest(self) -> Digest:
         """The digest of everything fed so far."""
-        return Digest(self.algorithm, self._h.hexdigest())
+        held = self._held
+        if held is None:
+            return Digest(self.algorithm, self._h.hexdigest())
+        if self._digest is None:
+            if len(held) > 1:
+                held[:] = [b"".join(held)]
+            self._digest = Digest(self.algorithm, sha256(held[0] if held else b"").hexdigest())
+        return self._digest
 
     def verify(self, expected: Digest, *, what: str = "content") -> None:
         """Raise ``DigestMismatch`` (naming ``what``) unless the content hashes to ``expected``."""

@@ -64,7 +64,8 @@ def test_verify_raises_digest_mismatch() -> None:
 def test_sha256_bytes_equals_hashlib_on_both_sides_of_the_small_limit(
     size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Small inputs are hashed by CPython's own sha256 while ``hashlib`` is not imported."""
+    """Small inputs are hashed by CPython's own sha256 while ``hashlib`` is not imported (and
+    the budget lasts), larger ones by OpenSSL's: the same digests."""
     import sys
 
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
@@ -97,3 +98,129 @@ def test_algorithm_grammar(algorithm: str, valid: bool) -> None:
     from pytest_minidock.digest import _is_algorithm
 
     assert _is_algorithm(algorithm) is valid
+
+
+# --------------------------------------------------------------------------------------------
+# Without OpenSSL: small streams are held back and hashed by CPython's own sha256
+# --------------------------------------------------------------------------------------------
+
+_BUDGET = 1000
+
+
+@pytest.fixture
+def no_hashlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has not imported ``hashlib``, with ``_BUDGET`` bytes to hash without it."""
+    import sys
+
+    from pytest_minidock import digest
+
+    monkeypatch.delitem(sys.modules, "hashlib")
+    monkeypatch.setattr(digest, "_WITHOUT_OPENSSL", [_BUDGET])
+
+
+def _data(size: int) -> bytes:
+    return bytes(i * 7 % 251 for i in range(size))
+
+
+@pytest.mark.usefixtures("no_hashlib")
+@pytest.mark.parametrize("size", [0, 1, _BUDGET - 1, _BUDGET, _BUDGET + 1, 3 * _BUDGET + 5])
+@pytest.mark.parametrize("piece", [1, 7, _BUDGET, 1 << 20])
+def test_hasher_equals_hashlib_around_the_budget(size: int, piece: int) -> None:
+    import sys
+
+    data = _data(size)
+    h = Hasher()
+    buffer = bytearray(piece)
+    for i in range(0, size, piece):
+        chunk = data[i : i + piece]
+        buffer[: len(chunk)] = chunk
+        h.update(memoryview(buffer)[: len(chunk)])  # a reused buffer, as readinto gives
+    buffer[:] = b"\xff" * piece
+    assert h.size == size
+    assert h.digest().hex == hashlib.sha256(data).hexdigest()
+    assert h.digest() == h.digest()
+    assert ("hashlib" in sys.modules) is (size > _BUDGET)
+
+
+@pytest.mark.usefixtures("no_hashlib")
+def test_digests_between_updates_and_across_the_budget() -> None:
+    import sys
+
+    h = Hasher()
+    seen = b""
+    for n in range(300):
+        chunk = _data(n % 13)
+        h.update(chunk)
+        seen += chunk
+        if n % 50 == 0:
+            assert h.digest().hex == hashlib.sha256(seen).hexdigest()
+    assert "hashlib" in sys.modules  # 1790 bytes: past the budget
+    assert h.digest().hex == hashlib.sha256(seen).hexdigest()
+    assert h.size == len(seen)
+
+
+@pytest.mark.usefixtures("no_hashlib")
+def test_a_held_stream_moves_to_hashlib_once_imported() -> None:
+    h = Hasher()
+    h.update(b"abc")
+    import hashlib as imported  # by anything else in the process
+
+    h.update(b"def")
+    assert h.digest().hex == imported.sha256(b"abcdef").hexdigest()
+
+
+@pytest.mark.usefixtures("no_hashlib")
+def test_the_budget_is_per_process() -> None:
+    """What ``sha256`` hashes without OpenSSL comes off one budget; past it, OpenSSL."""
+    import sys
+
+    from pytest_minidock.digest import sha256
+
+    part = _data(_BUDGET // 2 + 1)
+    assert sha256(part).hexdigest() == hashlib.sha256(part).hexdigest()
+    assert "hashlib" not in sys.modules
+    h = Hasher()
+    h.update(part)
+    assert h.digest().hex == hashlib.sha256(part).hexdigest()  # the second half: too much
+    assert "hashlib" in sys.modules
+
+
+def test_sha512_hasher() -> None:
+    data = _data(5000)
+    h = Hasher("sha512")
+    h.update(data[:10])
+    h.update(data[10:])
+    assert h.digest() == Digest("sha512", hashlib.sha512(data).hexdigest())
+
+
+_HASH_IN_A_NEW_PROCESS = """
+import io, sys
+from pytest_minidock.digest import Hasher, sha256_bytes, sha256_file
+
+size = int(sys.argv[1])
+h = Hasher()
+for i in range(0, size, 1000):
+    h.update(b"x" * min(1000, size - i))
+print(h.digest().hex, sha256_bytes(b"config").hex, sha256_file(io.BytesIO(b"y" * 5000))[0].hex)
+print("hashlib" in sys.modules, "_hashlib" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("size", "openssl"), [(100_000, False), (2_000_000, True)])
+def test_small_inputs_do_not_load_openssl(size: int, openssl: bool) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _HASH_IN_A_NEW_PROCESS, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digests, modules = out.stdout.splitlines()
+    assert digests.split() == [
+        hashlib.sha256(b"x" * size).hexdigest(),
+        hashlib.sha256(b"config").hexdigest(),
+        hashlib.sha256(b"y" * 5000).hexdigest(),
+    ]
+    assert modules == f"{openssl} {openssl}"
