@@ -542,6 +542,29 @@ def _mount_flags(path: str) -> int:
     return flags
 
 
+def _submounts(top: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The mount points below ``top`` (not ``top`` itself), parents first, each once."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found: dict[str, None] = {}
+    prefix = top.rstrip("/") + "/"
+    for line in lines:
+        fields = line.split(" ", 5)
+        if len(fields) < 5:
+            continue
+        point = fields[4]
+        if "\\" in point:  # mountinfo escapes space, tab, newline and backslash as \ooo
+            import re
+
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+        if point.startswith(prefix):
+            found[point] = None
+    return sorted(found, key=_depth)
+
+
 def _escape(path: str) -> str:
     """A path as overlay's option parser wants it (``\\``, ``,`` and ``:`` escaped)."""
     if "\\" in path or "," in path or ":" in path:
@@ -746,6 +769,11 @@ class _Planner:
             flags = MS_BIND | MS_REMOUNT | _PROC_FLAGS | _mount_flags("/sys")
             flags = flags if cfg.privileged else flags | MS_RDONLY
             self.op("mount", target, flags=flags, ctr=self.sys)
+            if not cfg.privileged:  # the bind brought the host's submounts (cgroup, tracing...)
+                for sub in _submounts("/sys"):  # in, writable: each made read-only too
+                    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | _PROC_FLAGS | _mount_flags(sub)
+                    ctr = self.sys + sub[len("/sys") :]
+                    self.op("mount", self.host(ctr), flags=flags, ctr=ctr)
             self.tree.mount(self.sys, kernel)
             return
         sys_flags = _PROC_FLAGS if cfg.privileged else _PROC_FLAGS | MS_RDONLY

@@ -390,6 +390,14 @@ def test_the_network_choices(clean: User) -> None:
     after = set(os.listdir("/sys/class/net"))
     assert before & after <= set(out.split()) <= before | after
     assert len(before & after) > 1
+    # the host's /sys is bound in (a user namespace may not mount a sysfs of its own there),
+    # with the submounts it brings (cgroups, tracing ...): every one of them read-only
+    mounts = clean.ok("run", "--rm", "--network", "host", "busybox", "cat", "/proc/mounts")
+    sys_mounts = [line.split() for line in mounts.splitlines() if " /sys" in line]
+    assert any(m[1] == "/sys" for m in sys_mounts), mounts
+    assert any(m[1].startswith("/sys/") for m in sys_mounts), mounts
+    writable = [m[1] for m in sys_mounts if "rw" in m[3].split(",")]
+    assert writable == [], mounts
     out = clean.ok("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")
     assert out.split() == ["lo"]
 
