@@ -19,9 +19,53 @@ if TYPE_CHECKING:
 pytest_plugins = ["pytester"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOTLESS_STAGE = os.environ.get("MINIDOCK_TEST_ROOTLESS") == "1"
+"""Set by ``./dev rootless``: the ``rootless`` tests run as an ordinary user, whose user namespace
+gives the privileges that ``privileged`` and ``netns`` mean."""
+
+
+ROOTLESS = os.geteuid() != 0
+"""Whether the tests run as an ordinary user (the rootless stage): a few assertions differ."""
+
+
+def root_only(reason: str) -> pytest.MarkDecorator:
+    """Mark one test of a ``rootless`` module as needing real root after all (the rootless
+    stage leaves it out); ``reason`` says why."""
+    return pytest.mark.rootless(False, reason=reason)
+
+
+def _root_only(item: pytest.Item) -> str | None:
+    """Why ``item`` needs real root, if it is not marked ``rootless`` or ``root_only``."""
+    marker = item.get_closest_marker("rootless")
+    if marker is None:
+        return "not marked 'rootless'"
+    if marker.args[:1] == (False,):
+        return str(marker.kwargs.get("reason", "marked root_only"))
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The rootless stage runs the tests marked ``rootless`` only, without the ``root_only``
+    ones among them (``-m rootless`` selects those too)."""
+    if not ROOTLESS_STAGE:
+        return
+    kept = [item for item in items if _root_only(item) is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if _root_only(i) is not None])
+        items[:] = kept
 
 
 def _missing_capability(item: pytest.Item) -> str | None:
+    if ROOTLESS_STAGE:
+        if os.geteuid() == 0:
+            return "the rootless stage must run as an ordinary user, not root"
+        root_only_reason = _root_only(item)
+        if root_only_reason is not None:
+            return f"needs real root: {root_only_reason}"
+        from pytest_minidock.runtime.userns import unavailable_reason
+
+        reason = unavailable_reason()
+        return None if reason is None else f"rootless: {reason}"
     if item.get_closest_marker("privileged") and os.geteuid() != 0:
         return "needs root (marker 'privileged')"
     if item.get_closest_marker("netns") and os.geteuid() != 0:

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from pytest_minidock._record import dataclass
+from pytest_minidock.capabilities import host_root
 from pytest_minidock.digest import Digest, sha256
 from pytest_minidock.errors import BuildError, ImageError, InvalidDigest
 from pytest_minidock.image.model import Descriptor, History
@@ -195,7 +196,7 @@ class BuildCache:
             (tmp / "data").mkdir(parents=True, exist_ok=True)
             (tmp / "id").write_text(cache_id)
             os.chmod(tmp / "data", mode)
-            if os.geteuid() == 0:
+            if host_root():
                 os.chown(tmp / "data", uid, gid)
             try:
                 os.rename(tmp, self.mounts_dir / name)

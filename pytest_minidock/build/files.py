@@ -40,6 +40,7 @@ from pytest_minidock.build.context import (
     parents_keep,
 )
 from pytest_minidock.build.rootfs import clean_path
+from pytest_minidock.capabilities import host_root
 from pytest_minidock.errors import BuildError
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
@@ -578,7 +579,7 @@ def materialize(entries: Iterable[TarEntry], dest: Path) -> None:
     nothing is ever written through a symlink.
     """
     root = os.fsencode(dest)
-    as_root = os.geteuid() == 0
+    as_root = host_root()
     dirs: list[tuple[bytes, int]] = []
     for entry in sorted(entries, key=lambda e: os.fsencode(e.path)):
         rel = os.fsencode(entry.path)

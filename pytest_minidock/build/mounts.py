@@ -21,6 +21,7 @@ from pytest_minidock._record import replace
 from pytest_minidock.build.context import located
 from pytest_minidock.build.rootfs import LayerView, clean_path
 from pytest_minidock.build.runner import RunMount
+from pytest_minidock.capabilities import host_root
 from pytest_minidock.dockerfile.flags import BindMount, CacheMount, SecretMount, TmpfsMount
 from pytest_minidock.errors import MinidockError
 
@@ -96,7 +97,7 @@ class RunMounts:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 os.chmod(path, mount.mode)
-                if os.geteuid() == 0:
+                if host_root():
                     os.chown(path, mount.uid, mount.gid)
                 stack.callback(lambda: path.unlink(missing_ok=True))
                 out.append(RunMount("bind", target, str(path), readonly=True))
@@ -125,7 +126,7 @@ class RunMounts:
             except MinidockError:  # in use: this run gets a cache of its own
                 path = self.temp("buildcachemount")
                 os.chmod(path, mount.mode)
-                if os.geteuid() == 0:
+                if host_root():
                     os.chown(path, mount.uid, mount.gid)
                 return RunMount("bind", target, str(path), readonly=mount.readonly)
         path, created = self.cache.mount_dir(

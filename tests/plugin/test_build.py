@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.api import Engine
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.rootless]
 
 RECORDING_BUILDER = """
 import json, os

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.api import Engine
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.rootless]
 
 CONFTEST = """
 from pytest_minidock import container, wait

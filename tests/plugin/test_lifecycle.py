@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.api import Engine
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.rootless]
 
 RECORDING = """
 import json, os

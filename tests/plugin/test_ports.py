@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.api import Engine
 
-pytestmark = [pytest.mark.privileged, pytest.mark.netns]
+pytestmark = [pytest.mark.privileged, pytest.mark.netns, pytest.mark.rootless]
 
 CONFTEST = f"""
 from pytest_minidock import container, wait

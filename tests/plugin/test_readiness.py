@@ -50,6 +50,7 @@ def test_sock_diag_sees_the_listening_ports_of_its_namespace() -> None:
 
 
 @pytest.mark.privileged
+@pytest.mark.rootless
 @pytest.mark.netns
 def test_a_wait_target_reads_the_container_namespace_through_sock_diag(
     plugin_root: Path, engine: Engine

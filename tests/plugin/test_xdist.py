@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from pytest_minidock.api import Engine
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.rootless]
 
 
 def test_a_shared_container_is_started_once_for_all_workers(

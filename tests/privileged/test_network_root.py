@@ -31,6 +31,9 @@ from tests.conftest import require_tool
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+# Not ``rootless``: its "containers" are made with unshare(1) in the host's user namespace and it
+# reads the host's links and nftables tables; rootless networks live in the user's holder and are
+# tested through the runtime (test_ports_runtime.py, tests/plugin) and in test_rootless_network.py.
 pytestmark = [pytest.mark.privileged, pytest.mark.netns]
 
 BASE_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n"

@@ -23,7 +23,7 @@ from tests.conftest import make_busybox_root
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = pytest.mark.privileged
+pytestmark = [pytest.mark.privileged, pytest.mark.rootless]
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ containers) and the terminal summary."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +14,9 @@ from pytest_minidock import build, container, wait
 from pytest_minidock.errors import UsageError
 from pytest_minidock.fixtures import Container, summary_lines
 from pytest_minidock.fixtures import session as state
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NO_HYPOTHESIS = ("-p", "no:hypothesispytest", "-p", "no:cacheprovider")
 
@@ -79,8 +83,14 @@ def test_bad_factory_arguments_fail_at_once(kwargs: dict[str, object], message: 
     assert message in str(info.value)
 
 
-def test_the_machine_check_names_what_is_missing() -> None:
-    assert "needs root to run containers" in (state.missing_capability(euid=1000) or "")
+def test_the_machine_check_names_what_is_missing(tmp_path: Path) -> None:
+    # an ordinary user runs containers rootless, unless user namespaces are forbidden
+    assert state.missing_capability(euid=1000, proc_sys=tmp_path) is None
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "max_user_namespaces").write_text("0\n")
+    reason = state.missing_capability(euid=1000, proc_sys=tmp_path) or ""
+    assert "needs root to run containers" in reason
+    assert "user.max_user_namespaces = 0" in reason
     no_admin = "Name:\tpytest\nCapEff:\t0000000000000000\n"
     assert "needs CAP_SYS_ADMIN" in (state.missing_capability(euid=0, status=no_admin) or "")
     full = "CapEff:\t000001ffffffffff\n"
