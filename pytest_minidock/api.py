@@ -31,7 +31,21 @@ if TYPE_CHECKING:
     from pytest_minidock.spec import Overrides
     from pytest_minidock.store.store import ImageRecord, Store
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "open_store"]
+
+
+def open_store(root: Path | str | None = None) -> Store:
+    """The image store at ``root`` (default: this user's), wired for this process: rootless
+    with a full subordinate id map, it unpacks and removes snapshots in the containers' user
+    namespace (``userns.snapshot_owner``), so that image files keep their owners there."""
+    from pytest_minidock.capabilities import host_root
+    from pytest_minidock.store.store import Store
+
+    if host_root():  # (root: no runtime import, no fork)
+        return Store(root)
+    from pytest_minidock.runtime.userns import snapshot_owner
+
+    return Store(root, as_owner=snapshot_owner())
 
 
 class Engine:
@@ -62,9 +76,7 @@ class Engine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from pytest_minidock.store.store import Store
-
-            self._store = Store(self.root)
+            self._store = open_store(self.root)
         return self._store
 
     @property

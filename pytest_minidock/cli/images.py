@@ -20,9 +20,9 @@ __all__ = ["add_image_commands", "add_system_commands", "human_duration", "human
 
 
 def _store(args: argparse.Namespace) -> Store:
-    from pytest_minidock.store.store import Store
+    from pytest_minidock.api import open_store
 
-    return Store(args.root)
+    return open_store(args.root)
 
 
 def _ref(text: str) -> Reference:

@@ -68,6 +68,7 @@ __all__ = [
     "run_as_root",
     "runtime_idmap",
     "setgroups_denied",
+    "snapshot_owner",
     "subordinate_ranges",
     "unavailable_reason",
     "write_maps",
@@ -568,10 +569,13 @@ def join_owner(ns_fd: int, syscalls: Syscalls) -> bool:
     return True
 
 
-def run_as_root(work: Callable[[], None], what: str) -> None:
+def run_as_root(
+    work: Callable[[], None], what: str, *, keep: tuple[type[BaseException], ...] = ()
+) -> None:
     """Run ``work`` in a forked child that became root of a user namespace (:func:`become_root`),
     for what an ordinary user may not do outside one: remove files a container's other users
-    made, mount a stopped container's overlay. ``RuntimeFailure`` naming ``what`` if it fails."""
+    made, mount a stopped container's overlay, unpack a layer with its owners. ``RuntimeFailure``
+    naming ``what`` if it fails; an error of one of the ``keep`` types is raised as itself."""
     from pytest_minidock.errors import RuntimeFailure
 
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -585,7 +589,7 @@ def run_as_root(work: Callable[[], None], what: str) -> None:
             code = 0
         except BaseException as exc:
             try:  # noqa: SIM105 - the child reports what it can
-                os.write(err_w, str(exc).encode()[:4000])
+                os.write(err_w, _report(exc, keep))
             except OSError:
                 pass
         finally:
@@ -597,5 +601,51 @@ def run_as_root(work: Callable[[], None], what: str) -> None:
     os.close(err_r)
     _, status = os.waitpid(pid, 0)
     if status != 0:
-        detail = b"".join(chunks).decode(errors="replace") or f"status {status}"
+        data = b"".join(chunks)
+        kept = _kept(data, keep)
+        if kept is not None:
+            raise kept
+        detail = data.removeprefix(b"T").decode(errors="replace") or f"status {status}"
         raise RuntimeFailure(f"{what}: {detail}")
+
+
+def _report(exc: BaseException, keep: tuple[type[BaseException], ...]) -> bytes:
+    """What a child of :func:`run_as_root` tells its parent of ``exc``: the pickled exception
+    (``P``) if it is of a ``keep`` type, else its text (``T``)."""
+    if keep and isinstance(exc, keep):
+        import pickle
+
+        try:
+            return b"P" + pickle.dumps(exc)
+        except Exception:  # (an exception that does not pickle: its text)
+            pass
+    return b"T" + str(exc).encode()[:4000]
+
+
+def _kept(data: bytes, keep: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The exception a child pickled, if it is of a ``keep`` type and unpickles."""
+    if not (keep and data.startswith(b"P")):
+        return None
+    import pickle
+
+    try:
+        exc = pickle.loads(data[1:])  # (our own child's bytes, through a pipe)
+    except Exception:  # (told as text instead)
+        return None
+    return exc if isinstance(exc, keep) else None
+
+
+def snapshot_owner() -> Callable[[Callable[[], None], str], None] | None:
+    """How the image store unpacks and removes snapshots for this process (``Store``'s
+    ``as_owner``): None for root on the host and under the single mapping (the calling process
+    does it: owners become its own); with the full map, :func:`run_as_root` in the containers'
+    user namespace, so that files of container uid N belong to subordinate uid N on the host
+    and only that namespace's root removes them. Store errors come back as themselves."""
+    if host_root() or not runtime_idmap().helpers:
+        return None
+    from pytest_minidock.errors import MinidockError
+
+    def as_owner(work: Callable[[], None], what: str) -> None:
+        run_as_root(work, what, keep=(MinidockError, OSError))
+
+    return as_owner

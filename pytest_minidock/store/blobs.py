@@ -19,11 +19,11 @@ import os
 import time
 
 from pytest_minidock.digest import Digest, Hasher
-from pytest_minidock.errors import BlobNotFound, DigestMismatch, StoreError
+from pytest_minidock.errors import BlobNotFound, DigestMismatch, MinidockError, StoreError
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
     from types import TracebackType
     from typing import IO, Any
@@ -259,8 +259,15 @@ class BlobStore:
                 except ValueError:
                     continue
 
-    def remove_stale_temps(self, *, now: float | None = None) -> int:
-        """Remove temp files whose writer process is gone (or that are a day old); return count."""
+    def remove_stale_temps(
+        self,
+        *,
+        now: float | None = None,
+        remove: Callable[[Sequence[Path]], None] | None = None,
+    ) -> int:
+        """Remove temp files whose writer process is gone (or that are a day old); return count.
+        ``remove``: how to remove one (default ``remove_tree``; the store passes its own when
+        temps may hold files the user may not remove itself)."""
         if not self.tmp_dir.is_dir():
             return 0
         now = time.time() if now is None else now
@@ -276,8 +283,11 @@ class BlobStore:
                 age > STALE_TEMP_SECONDS
             ):
                 try:
-                    remove_tree(entry)
-                except StoreError:
+                    if remove is None:
+                        remove_tree(entry)
+                    else:
+                        remove([entry])
+                except MinidockError:
                     continue  # never read again; the next clean-up tries once more
                 removed += 1
         return removed

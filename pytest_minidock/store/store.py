@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from pytest_minidock.store.snapshots import ExtractPolicy
 
     T = TypeVar("T")
+    AsOwner = Callable[[Callable[[], None], str], None]
+    """Runs work (and waits for it) where the snapshots' owners are mapped; see ``Store``."""
 else:
 
     def cast(_type: object, value: object) -> object:  # typing's, without its import
@@ -62,6 +64,9 @@ __all__ = ["DiskUsage", "ImageRecord", "PruneReport", "Store", "StoreImage", "St
 _CHUNK = 1 << 20
 _SMALL_LAYER = 1 << 20
 """A layer tar up to this size is ingested from memory, without a compressing thread."""
+OWNED_SUFFIX = ".subids"
+"""Ends the names of snapshots unpacked by a store's ``as_owner`` (rootless with the full map:
+owners kept as subordinate ids), beside those of the same layers with the owners flattened."""
 
 
 def _read_up_to(stream: IO[bytes], n: int) -> bytes:
@@ -182,7 +187,14 @@ class StoreImage:
 
 
 class Store:
-    """The local content-addressed image store rooted at ``root``."""
+    """The local content-addressed image store rooted at ``root``.
+
+    ``as_owner`` (rootless with a full subordinate id map; ``api`` supplies it, the store knows
+    nothing of user namespaces): a callable running work in a forked child that is root of the
+    user namespace the containers use, raising the work's store errors as they are. Snapshots
+    are then unpacked there with their owners (files of container uid N belong to subordinate
+    uid N), kept apart from the same layers unpacked without it (names ending in
+    ``OWNED_SUFFIX``), and removed there when the user may not remove them."""
 
     def __init__(
         self,
@@ -190,6 +202,7 @@ class Store:
         *,
         policy: ExtractPolicy | None = None,
         compression: str = "gzip",
+        as_owner: AsOwner | None = None,
     ):
         if compression not in ("gzip", "none"):
             raise StoreError(f"unknown layer compression {compression!r}: use gzip or none")
@@ -199,6 +212,8 @@ class Store:
         self.blobs = BlobStore(self.paths.blobs, self.paths.tmp)
         self.index = idx.ImageIndex(self.paths)
         self._policy = policy
+        self._as_owner = as_owner
+        self._snap_suffix = OWNED_SUFFIX if as_owner is not None else ""
         self._images_cache: tuple[tuple[int, ...], tuple[ImageRecord, ...]] | None = None
         self._index_cache: (
             tuple[tuple[int, ...], list[Descriptor], list[Reference | None]] | None
@@ -213,8 +228,67 @@ class Store:
         if self._policy is None:
             from pytest_minidock.store.snapshots import ExtractPolicy
 
-            self._policy = ExtractPolicy.for_current_user()
+            if self._as_owner is not None:  # (what the child of ``as_owner`` may do)
+                self._policy = ExtractPolicy(devices=False, chown=True, whiteout="xattr")
+            else:
+                self._policy = ExtractPolicy.for_current_user()
         return self._policy
+
+    def _snap_dir(self, diff_id: Digest) -> Path:
+        """Where this store's snapshot of the layer ``diff_id`` lives (complete or not)."""
+        return self.paths.snapshots / (diff_id.hex + self._snap_suffix)
+
+    def _snap_lock(self, diff_id: Digest) -> Path:
+        return self.paths.snapshot_lock(diff_id.hex + self._snap_suffix)
+
+    def _unpack(
+        self,
+        tmp_snap: Path,
+        tar_of: Callable[[], contextlib.AbstractContextManager[IO[bytes]]],
+        source: str,
+    ) -> int:
+        """Unpack the layer tar ``tar_of()`` opens into ``tmp_snap/fs`` (made empty) and write
+        ``tmp_snap/size``: here, or through ``as_owner`` in the containers' user namespace.
+        The bytes of file content written."""
+        from pytest_minidock.store.snapshots import extract_layer
+
+        (tmp_snap / "fs").mkdir(parents=True)
+        policy = self.policy
+
+        def work() -> None:
+            with tar_of() as tar:
+                written = extract_layer(
+                    cast("BinaryIO", tar), tmp_snap / "fs", policy=policy, source=source
+                )
+            (tmp_snap / "size").write_text(str(written))
+            done.append(written)
+
+        done: list[int] = []
+        if self._as_owner is None:
+            work()
+            return done[0]
+        self._as_owner(work, f"cannot unpack layer {source}")
+        return int((tmp_snap / "size").read_text())
+
+    def _remove(self, paths: Sequence[Path]) -> None:
+        """Remove these files or trees (``StoreError`` if one stays); with ``as_owner``, those
+        the user may not remove (of subordinate owners) in one child in the user namespace."""
+        left: list[Path] = []
+        for path in paths:
+            try:
+                remove_tree(path)
+            except StoreError:
+                if self._as_owner is None:
+                    raise
+                left.append(path)
+        if left:
+            assert self._as_owner is not None
+
+            def work() -> None:
+                for path in left:
+                    remove_tree(path)
+
+            self._as_owner(work, f"cannot remove {left[0]}")
 
     # -- layout --------------------------------------------------------------------------------
     def _ensure_layout(self) -> None:
@@ -369,7 +443,7 @@ class Store:
     def _layer_size(self, desc: Descriptor, diff_id: Digest) -> int:
         """Unpacked size if the snapshot exists, else the blob's size."""
         try:
-            return int((self.paths.snapshots / diff_id.hex / "size").read_text())
+            return int((self._snap_dir(diff_id) / "size").read_text())
         except (OSError, ValueError):
             return desc.size
 
@@ -603,7 +677,8 @@ class Store:
         A small tar (at most ``_SMALL_LAYER`` bytes: a ``WORKDIR`` or a ``COPY`` of a few
         files, most of a build's layers) is read whole and compressed from memory, then
         unpacked unless its snapshot is already there (the same bytes, unpacked before); a
-        larger one is unpacked in one pass while a thread compresses it. A blob already in the
+        larger one is unpacked in one pass while a thread compresses it (with ``as_owner``:
+        compressed, then unpacked from its blob in the user namespace). A blob already in the
         store is not written again."""
         tmp_blob = self.blobs.temp_path("layer")
         tmp_snap: Path | None = None
@@ -615,28 +690,30 @@ class Store:
             head = _read_up_to(tar_stream, _SMALL_LAYER + 1)
             if len(head) <= _SMALL_LAYER:
                 blob = self._write_tar(head, tmp_blob)
-                if not _complete(self.paths.snapshots / blob.diff_id.hex):
-                    from pytest_minidock.store.snapshots import extract_layer
-
+                if not _complete(self._snap_dir(blob.diff_id)):
                     tmp_snap = self.blobs.temp_path("snapshot")
-                    (tmp_snap / "fs").mkdir(parents=True)
-                    written = extract_layer(
-                        io.BytesIO(head), tmp_snap / "fs", policy=self.policy, source=source
-                    )
+                    self._unpack(tmp_snap, lambda: io.BytesIO(head), source)
+            elif self._as_owner is not None:  # (a forked child cannot share the compressor)
+                blob = self._write_tar(cast("BinaryIO", _Prefixed(head, tar_stream)), tmp_blob)
+                self._publish_layer(tmp_blob, blob)
+                self.snapshot(
+                    blob.diff_id, Descriptor(self.layer_media_type, blob.digest, blob.size)
+                )
+                return blob
             else:
                 tmp_snap = self.blobs.temp_path("snapshot")
                 (tmp_snap / "fs").mkdir(parents=True)
                 written, blob = self._ingest_large(head, tar_stream, tmp_snap, tmp_blob, source)
+                (tmp_snap / "size").write_text(str(written))
             self._publish_layer(tmp_blob, blob)
             if tmp_snap is not None:
-                (tmp_snap / "size").write_text(str(written))
                 self._publish_snapshot(tmp_snap, blob.diff_id)
             return blob
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp_blob.unlink()
             if tmp_snap is not None and tmp_snap.exists():
-                remove_tree(tmp_snap)
+                self._remove([tmp_snap])
 
     def _publish_layer(self, tmp_blob: Path, blob: LayerBlob) -> None:
         """Move a layer blob written at ``tmp_blob`` into the store, unless it is there."""
@@ -683,8 +760,8 @@ class Store:
         return written, result[0]
 
     def _publish_snapshot(self, tmp_snap: Path, diff_id: Digest) -> None:
-        final = self.paths.snapshots / diff_id.hex
-        with exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"):
+        final = self._snap_dir(diff_id)
+        with exclusive(self._snap_lock(diff_id), what=f"snapshot {diff_id}"):
             if _complete(final):
                 return
             self._discard(final)
@@ -694,45 +771,46 @@ class Store:
         """Take a snapshot directory out of ``snapshots/`` at once (a rename into the temp
         directory), then delete it: a deletion that fails half-way leaves a temp that the next
         clean-up retries, never a partial snapshot under its real name."""
+        trash = self._trash(snap)
+        if trash is not None:
+            self._remove([trash])
+
+    def _trash(self, snap: Path) -> Path | None:
+        """Move ``snap`` into the temp directory; where it went (None: it was gone)."""
         trash = self.blobs.temp_path("trash")
         try:
             os.replace(snap, trash)
         except FileNotFoundError:
-            return
-        remove_tree(trash)
+            return None
+        return trash
 
     def snapshot(self, diff_id: Digest, layer: Descriptor | None = None) -> Path:
         """The unpacked directory of a layer (an overlay lowerdir), unpacking it once if needed.
         A snapshot is complete once its ``size`` file is there (written last, before the rename
         that publishes it); an incomplete one (an older version's interrupted deletion) is
         discarded and unpacked again."""
-        final = self.paths.snapshots / diff_id.hex
+        final = self._snap_dir(diff_id)
         if _complete(final):
             return final / "fs"
         from pytest_minidock.store.layers import open_layer
-        from pytest_minidock.store.snapshots import extract_layer
 
         if layer is None:
             layer = self._find_layer(diff_id)
+        blob = self.blobs.path(layer.digest)
         with (
             gc_shared(self.paths.gc_lock),
-            exclusive(self.paths.snapshot_lock(diff_id.hex), what=f"snapshot {diff_id}"),
+            exclusive(self._snap_lock(diff_id), what=f"snapshot {diff_id}"),
         ):
             if _complete(final):
                 return final / "fs"
             self._discard(final)
             tmp_snap = self.blobs.temp_path("snapshot")
             try:
-                (tmp_snap / "fs").mkdir(parents=True)
-                with open_layer(self.blobs.path(layer.digest)) as tar:
-                    written = extract_layer(
-                        tar, tmp_snap / "fs", policy=self.policy, source=str(layer.digest)
-                    )
-                (tmp_snap / "size").write_text(str(written))
+                self._unpack(tmp_snap, lambda: open_layer(blob), str(layer.digest))
                 os.replace(tmp_snap, final)
             finally:
                 if tmp_snap.exists():
-                    remove_tree(tmp_snap)
+                    self._remove([tmp_snap])
         return final / "fs"
 
     def lowerdirs(self, text: str) -> list[Path]:
@@ -848,15 +926,19 @@ class Store:
             for digest in list(self.blobs):
                 if digest not in blobs:
                     freed += self.blobs.delete(digest)
+            trash: list[Path] = []
             for snap in list(self.paths.snapshots.iterdir()):
-                try:
-                    keep = Digest("sha256", snap.name) in diff_ids
+                try:  # (``HEX`` or ``HEX`` + ``OWNED_SUFFIX``)
+                    keep = Digest("sha256", snap.name.removesuffix(OWNED_SUFFIX)) in diff_ids
                 except ValueError:
                     keep = False
                 if not keep:
                     freed += _dir_size(snap)
-                    self._discard(snap)
-            self.blobs.remove_stale_temps()
+                    moved = self._trash(snap)
+                    if moved is not None:
+                        trash.append(moved)
+            self._remove(trash)
+            self.blobs.remove_stale_temps(remove=self._remove if self._as_owner else None)
             self._remove_stale_index_temps()
         return freed
 
@@ -917,6 +999,25 @@ class Store:
             if not _complete(snap):
                 problems.append(f"snapshot {snap} is incomplete (no fs/ or no size)")
         return problems
+
+
+class _Prefixed:
+    """``head``, then what is left of ``rest``: a stream whose start was read already."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                out = bytes(self._head) + self._rest.read()
+                self._head = memoryview(b"")
+                return out
+            out = bytes(self._head[:n])
+            self._head = self._head[n:]
+            return out
+        return self._rest.read(n)
 
 
 def _complete(snap: Path) -> bool:

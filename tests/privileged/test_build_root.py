@@ -20,7 +20,7 @@ from pytest_minidock.build.progress import BuildEvent, PlainProgress
 from pytest_minidock.errors import BuildStepFailed
 from pytest_minidock.runtime.logs import read_logs
 from pytest_minidock.spec import Overrides
-from tests.conftest import ROOTLESS, make_busybox_root, root_only
+from tests.conftest import ROOTLESS, make_busybox_root
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -240,7 +240,6 @@ def test_run_mounts_cache_secret_bind_tmpfs(engine: Engine, ctx: Path, tmp_path:
     assert not (ctx / "conf" / "new").exists()
 
 
-@root_only("the store unpacks layers as the user, outside a user namespace: owners are lost")
 def test_add_unpacks_a_tar_as_root_with_its_owners(engine: Engine, ctx: Path) -> None:
     with tarfile.open(ctx / "bundle.tar.gz", "w:gz") as tar:
         info = tarfile.TarInfo("pkg/owned.txt")

@@ -416,3 +416,51 @@ def test_a_machine_without_user_namespaces_says_what_to_enable(user: User) -> No
         "(user.max_user_namespaces = 0); enable them with "
         "`sysctl -w user.max_user_namespaces=15000`\n"
     )
+
+
+def test_the_full_map_keeps_the_owners_of_image_files_and_rmi_removes_them(clean: User) -> None:
+    """The snapshots of ``owned`` are unpacked in the containers' user namespace: files of
+    container uid N belong to subordinate uid N (host uid subuid + N - 1), and removing the
+    image as the user removes them too (through that namespace)."""
+    clean.ok("tag", "owned", "owned2")  # (removed below; the fixture's ``owned`` stays)
+    script = "stat -c %u /opt/hello /opt/data; cat /opt/data/f; id -u"
+    out = clean.ok("run", "--rm", "--network", "none", "owned2", "sh", "-c", script)
+    assert out == "1234\n4321\ndata of 4321\n0\n"
+    snaps = clean.store / "snapshots"
+    owned = [p for p in snaps.iterdir() if p.name.endswith(".subids")]
+    hello = [p / "fs" / "opt" / "hello" for p in owned if (p / "fs" / "opt" / "hello").exists()]
+    assert len(hello) == 1
+    assert hello[0].stat().st_uid == clean.subuid + 1234 - 1
+    data = hello[0].parent / "data"
+    assert (data.stat().st_uid, data.stat().st_mode & 0o777) == (clean.subuid + 4321 - 1, 0o700)
+    # the single mapping keeps its own snapshot, with the owners flattened
+    out = clean.ok(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "owned2",
+        "stat",
+        "-c",
+        "%u",
+        "/opt/hello",
+        MINIDOCK_USERNS="single",
+    )
+    assert out == "0\n"
+    # a second name of another image made of the same layers: rmi of both, then prune, as the
+    # user, leave no snapshot, blob or temp of those layers behind
+    clean.ok("rmi", "owned2")
+    assert hello[0].exists()  # (``owned`` still uses it)
+    clean.ok("rmi", "owned")
+    assert not hello[0].exists()
+    prune = (
+        "from pytest_minidock.api import Engine; r = Engine().store.prune(all_images=True); "
+        "print(len(r.deleted_images))"
+    )
+    assert clean.run(clean.python, "-c", prune).stdout == "1\n"  # busybox
+    assert sorted(p.name for p in snaps.iterdir()) == []
+    assert list((clean.store / "blobs" / "sha256").iterdir()) == []
+    assert list((clean.store / "tmp").iterdir()) == []
+    # the fixture's images, back for the other tests
+    for tar, ref in (("busybox.tar", "busybox:latest"), ("owned.tar", "owned:latest")):
+        clean.ok("import", "--change", 'CMD ["sh"]', str(clean.home / tar), ref)
