@@ -24,11 +24,22 @@ Run (as root): ``.venv/bin/python -m benchmarks.bench_ports [--runs 30] [--mb 10
    decoding those dumps with its message classes cost each such process before: ~a fifth of it).
 
 Every process the benchmark starts is killed by its PID; the network and its rules are removed.
+
+``--rootless`` (as root) measures instead, through the container runtime (``Engine.run`` of
+busybox, as root and as a throw-away ordinary user with a subordinate id range, see
+``benchmarks._rootless``; rootless, the user's network holder owns the bridge and a published
+port is relayed in user space by the container's monitor or launcher): ``run -p 0:80`` of a
+busybox ``httpd`` on the default bridge → its first HTTP 200 on 127.0.0.1 (and the ``rm -f``
+after it), and download throughput of one ``--mb`` MiB file from a busybox ``httpd`` on 127.0.0.1
+(direct loopback) and from one in a container through its published port, ``--repeats``
+alternating pairs (httpd serves files only: no upload figure). Prints root's and rootless
+figures side by side (p50 / p90 and rootless / root).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -306,14 +317,177 @@ def import_ms(module: str) -> float:
     return statistics.median(samples)
 
 
+# -- rootless beside root, through the container runtime -----------------------------------------
+HTTPD = "mkdir -p /www && echo hello > /www/index.html && {fill}exec httpd -f -p 80 -h /www"
+ROOTLESS_ROWS = (
+    ("run -p 0:80 httpd → first HTTP 200", "run -p → first HTTP 200"),
+    ("rm -f of it", "rm -f"),
+)
+RATE_ROWS = (
+    ("download, direct loopback (busybox httpd)", "direct"),
+    ("download, published port (container)", "published"),
+    ("published / direct (per pair)", "ratio"),
+)
+
+
+def http_get(port: int, path: str = "/") -> int:
+    """Bytes of the body of ``GET path`` on 127.0.0.1:``port`` (raises OSError until it
+    answers 200)."""
+    buf = bytearray(4 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        head = b""
+        while n := conn.recv_into(buf):
+            if not head:
+                head = bytes(buf[:12])
+            got += n
+    if not head.startswith(b"HTTP/1.") or head[9:12] != b"200":
+        raise ConnectionError(f"127.0.0.1:{port}{path}: {head!r}")
+    return got
+
+
+def first_200(port: int, path: str = "/", deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            http_get(port, path)
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.0005)
+
+
+def rootless_child(work: Path, runs: int, mb: int, repeats: int) -> None:
+    """The measuring part of ``--rootless``, run as root and as the user: JSON samples."""
+    from benchmarks._rootless import emit
+    from benchmarks.bench_runtime import make_store, stop_launcher
+    from pytest_minidock.api import Engine
+    from pytest_minidock.spec import Overrides
+
+    root = work / "root"
+    if not root.is_dir():
+        root, _ = make_store(work)
+    engine = Engine(root)
+    size = mb << 20
+    first: list[float] = []
+    removed: list[float] = []
+    values: dict[str, list[float]] = {"direct": [], "published": [], "ratio": []}
+    direct: subprocess.Popen[bytes] | None = None
+    big: str | None = None
+    try:
+        serve = Overrides(command=("sh", "-c", HTTPD.format(fill="")), publish=("0:80",))
+        for i in range(WARMUPS + runs):
+            t0 = time.perf_counter()
+            started = engine.run("busybox", serve)
+            port = engine.port(started.id)[0].host_port
+            first_200(port)
+            t1 = time.perf_counter()
+            engine.remove(started.id, force=True)
+            t2 = time.perf_counter()
+            if i >= WARMUPS:
+                first.append(t1 - t0)
+                removed.append(t2 - t1)
+            time.sleep(SETTLE)
+        # throughput: the same file from a host httpd and from a container's
+        www = work / "www"
+        www.mkdir(exist_ok=True)
+        with open(www / "big", "wb") as f:
+            f.truncate(size)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            direct_port = probe.getsockname()[1]
+        direct = subprocess.Popen(
+            ["busybox", "httpd", "-f", "-p", f"127.0.0.1:{direct_port}", "-h", str(www)]
+        )
+        fill = f"head -c {size} /dev/zero > /www/big && "
+        big = engine.run(
+            "busybox",
+            Overrides(
+                command=("sh", "-c", HTTPD.format(fill=fill)),
+                publish=("0:80",),
+                tmpfs=(f"/www:size={mb + 16}m",),
+            ),
+        ).id
+        published_port = engine.port(big)[0].host_port
+        first_200(direct_port, "/big")
+        first_200(published_port, "/big", deadline=120)
+        for _ in range(repeats):
+            pair = []
+            for port in (direct_port, published_port):
+                t0 = time.perf_counter()
+                got = http_get(port, "/big")
+                elapsed = time.perf_counter() - t0
+                if got < size:
+                    raise RuntimeError(f"port {port}: {got} of {size} bytes")
+                pair.append(size / elapsed / (1 << 20))
+            values["direct"].append(pair[0])
+            values["published"].append(pair[1])
+            values["ratio"].append(pair[1] / pair[0])
+    finally:
+        if direct is not None:
+            direct.kill()
+            direct.wait()
+        if big is not None:
+            with contextlib.suppress(Exception):
+                engine.remove(big, force=True)
+        stop_launcher()
+    emit(
+        [Timing("run -p → first HTTP 200", tuple(first)), Timing("rm -f", tuple(removed))],
+        values,
+    )
+
+
+def rootless_main(runs: int, rounds: int, mb: int, repeats: int) -> None:
+    from benchmarks._rootless import RootlessUser, interleaved, table, value_table
+
+    per_round = max(1, -(-runs // rounds))
+    per_round_repeats = max(1, -(-repeats // rounds))
+    with RootlessUser("mdbench") as pair:
+        print(pair.describe())
+        print(
+            f"runs: {per_round} x {rounds} rounds per side (+{WARMUPS} warm-ups a round); "
+            f"throughput: {mb} MiB x {per_round_repeats} x {rounds} rounds   "
+            f"cores: {os.cpu_count()}   kernel: {os.uname().release}"
+        )
+        args = ["--runs", str(per_round), "--mb", str(mb), "--repeats", str(per_round_repeats)]
+        (root, root_values), (user, user_values) = interleaved(
+            pair, "benchmarks.bench_ports", rounds, args
+        )
+        table("root vs rootless: published port latency", ROOTLESS_ROWS, root, user)
+        value_table(
+            "root vs rootless: download throughput, one connection",
+            "MiB/s",
+            RATE_ROWS,
+            root_values,
+            user_values,
+        )
+    for note in pair.cleanup_notes:
+        print(f"clean-up: {note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--mb", type=int, default=1024, help="MiB per throughput transfer")
     parser.add_argument("--repeats", type=int, default=5, help="transfers per throughput figure")
+    parser.add_argument(
+        "--rootless",
+        action="store_true",
+        help="root vs an ordinary user (throw-away, made and removed here) instead",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --rootless: rounds per side")
+    parser.add_argument("--rootless-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rootless_child is not None:
+        rootless_child(args.rootless_child, args.runs, args.mb, args.repeats)
+        return
     if os.geteuid() != 0:
         sys.exit("bench_ports needs root (network namespaces, bridges, nftables)")
+    if args.rootless:
+        rootless_main(args.runs, args.rounds, args.mb, args.repeats)
+        return
     for tool in ("unshare", "busybox"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_ports needs {tool} on PATH")

@@ -25,6 +25,13 @@ MemAvailable is system-wide: on a shared machine other processes move it by tens
 (c) together with the "after clean-up" drift it prints.
 
 Ratios in the summary are "times as long/large as ours" (docker p50 / our p50).
+
+``--rootless`` (as root) measures instead, as root and as a throw-away ordinary user with a
+subordinate id range (``benchmarks._rootless``: same interpreter, same copy of the package,
+alternating rounds), the library's start+exit (and + remove) of ``/bin/true`` with
+``--network none`` and on the default bridge, and ``minidock run --rm [--network none] busybox
+true`` as a whole process, and prints them side by side (p50 / p90 and rootless / root).
+``--runs`` then counts the runs per side, split over ``--rounds``.
 """
 
 from __future__ import annotations
@@ -655,9 +662,74 @@ def run_cli(root: Path, runs: int, work: Path) -> list[Timing]:
     return cli
 
 
+# -- rootless beside root --------------------------------------------------------------------------
+ROOTLESS_ROWS = (
+    ("lib start+exit [none]", "lib [none] run→wait (start+exit)"),
+    ("lib start+exit+remove [none]", "lib [none] run→wait→remove"),
+    ("lib start+exit [default bridge]", "lib [default] run→wait (start+exit)"),
+    ("lib start+exit+remove [default bridge]", "lib [default] run→wait→remove"),
+    ("CLI run --rm --network none busybox true", "cli [none]"),
+    ("CLI run --rm busybox true (bridge)", "cli [default]"),
+)
+
+
+def rootless_child(work: Path, runs: int) -> None:
+    """The measuring part of ``--rootless``, run as root and as the user: JSON samples."""
+    from benchmarks._rootless import emit
+    from pytest_minidock.api import Engine
+
+    root = work / "root"
+    if not root.is_dir():
+        root, _ = make_store(work)
+    engine = Engine(root)
+    timings: list[Timing] = []
+    try:
+        for network in ("none", "default"):
+            got, bad = bench_library(engine, network, runs)
+            if bad:
+                sys.exit(f"/bin/true [{network}] reported {bad[0]}")
+            timings += got[1:]
+        CHILD_ENV.update(os.environ)
+        CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        md = [sys.executable, "-m", "pytest_minidock", "--root", str(root), "run", "--rm"]
+        timings.append(
+            bench_process("cli [none]", [*md, "--network", "none", "busybox", "true"], runs)
+        )
+        timings.append(bench_process("cli [default]", [*md, "busybox", "true"], runs))
+    finally:
+        stop_launcher()
+    emit(timings)
+
+
+def rootless_main(runs: int, rounds: int) -> None:
+    from benchmarks._rootless import RootlessUser, interleaved, table
+
+    per_round = max(1, -(-runs // rounds))
+    with RootlessUser("mdbench") as pair:
+        print(pair.describe())
+        print(
+            f"runs: {per_round} x {rounds} rounds per side (+{WARMUPS} warm-ups a round)   "
+            f"cores: {os.cpu_count()}   commit: {commit()}   load: {load()}"
+        )
+        (root, _), (user, _) = interleaved(
+            pair, "benchmarks.bench_runtime", rounds, ["--runs", str(per_round)]
+        )
+        table("root vs rootless: container start-up", ROOTLESS_ROWS, root, user)
+        print(f"load average at the end: {load()}")
+    for note in pair.cleanup_notes:
+        print(f"clean-up: {note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--rootless",
+        action="store_true",
+        help="root vs an ordinary user (throw-away, made and removed here) instead",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --rootless: rounds per side")
+    parser.add_argument("--rootless-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument(
         "--only",
@@ -670,8 +742,14 @@ def main() -> None:
         help="start a private dockerd for the docker rows (stopped again by PID)",
     )
     args = parser.parse_args()
+    if args.rootless_child is not None:
+        rootless_child(args.rootless_child, args.runs)
+        return
     if os.geteuid() != 0:
         sys.exit("bench_runtime needs root (namespaces, mounts, cgroups)")
+    if args.rootless:
+        rootless_main(args.runs, args.rounds)
+        return
 
     from pytest_minidock.api import Engine
 

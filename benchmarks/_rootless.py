@@ -1,0 +1,386 @@
+"""Rootless runs of the benchmarks: a throw-away user, the same measurements as root and as it.
+
+``bench_runtime --rootless`` and ``bench_ports --rootless`` (as root) make an ordinary user with a
+subordinate id range (``useradd``, ``usermod --add-subuids/--add-subgids``), copy the package, the
+benchmarks and ``tests/support`` (the busybox rootfs) to its home, and run the benchmark's
+measuring part (``--rootless-child WORK``: a store of its own under ``WORK``, JSON samples on the
+last line of its output) alternately as root and as that user, both through
+``runuser``/``env -i`` with Debian's ``/usr/bin/python3`` and the same copy on ``PYTHONPATH``
+(root's venv may live in a directory other users cannot read; the measured code needs only the
+standard library), so that the user is the only difference. ``table`` prints them side by side.
+
+At the end the user's network holders are stopped (``holder.stop``, as the user), its remaining
+processes killed by pid, the user, its home, its id ranges and its runtime directory removed, and
+``/dev/net/tun``'s mode restored (it is made 0666 meanwhile: slirp4netns and pasta need it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks._stats import Timing
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = "/usr/bin/python3"
+SUBIDS = 65536
+STOP_HOLDERS = """
+from pytest_minidock.runtime import holder
+for which in ("full", "single"):
+    if holder.stop(holder.holder_dir(which, make=False)):
+        print(f"stopped the {which} network holder")
+"""
+
+
+def _ranges(name: str) -> int | None:
+    """The start of ``name``'s subordinate range if it has ``SUBIDS`` uids and gids there."""
+    starts = []
+    for file in ("/etc/subuid", "/etc/subgid"):
+        found = None
+        with contextlib.suppress(OSError):
+            for line in Path(file).read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) == 3 and parts[0] == name and int(parts[2]) >= SUBIDS:
+                    found = int(parts[1])
+                    break
+        starts.append(found)
+    return starts[0] if starts[0] is not None and starts[0] == starts[1] else None
+
+
+def _free_ranges() -> int:
+    end = 1_000_000
+    for file in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError):
+            for line in Path(file).read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    end = max(end, int(parts[1]) + int(parts[2]))
+    return (end + SUBIDS - 1) // SUBIDS * SUBIDS
+
+
+def _describe(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"{pid} (gone)"
+    words = " ".join(a.decode(errors="replace") for a in argv if a)[:80]
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        comm, state = (
+            stat[stat.index("(") + 1 : stat.rindex(")")],
+            stat.rsplit(")", 1)[1].split()[0],
+        )
+        words = words or f"[{comm}] state {state}"
+    return f"{pid} ({words})"
+
+
+class Side:
+    """Who runs a measuring child: root or the throw-away user, with its environment."""
+
+    def __init__(self, label: str, user: str, home: Path, src: Path, work: Path) -> None:
+        self.label = label
+        self.user = user
+        self.home = home
+        self.src = src
+        self.work = work
+
+    def argv(self, *args: str) -> list[str]:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(self.src),
+            # bytecode cached as an installed package has it (not in the copy, not per run)
+            "PYTHONPYCACHEPREFIX": str(self.work / "pycache"),
+        }
+        return [
+            "runuser",
+            "-u",
+            self.user,
+            "--",
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            PYTHON,
+            *args,
+        ]
+
+    def child(self, module: str, *args: str, timeout: float = 900) -> dict[str, Any]:
+        """Run ``python -m MODULE --rootless-child WORK ARGS`` as this side; its JSON."""
+        argv = self.argv("-m", module, "--rootless-child", str(self.work), *args)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"{self.label} child {module}: exit {done.returncode}: {tail}")
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+
+class RootlessUser:
+    """The throw-away user and root, each a ``Side``; a context manager that removes the user."""
+
+    def __init__(self, prefix: str) -> None:
+        self.name = f"{prefix}{os.getpid() % 100000}"
+        self.uid = -1
+        self.subuid = -1
+        self.home = Path("/nonexistent")
+        self.tun_mode: int | None = None
+        self.root_work = Path("/nonexistent")
+        self.cleanup_notes: list[str] = []
+
+    # -- set-up ------------------------------------------------------------------------------
+    def __enter__(self) -> RootlessUser:
+        for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap", "newgidmap"):
+            if shutil.which(tool) is None:
+                raise SystemExit(f"--rootless needs {tool} on PATH")
+        if not os.access(PYTHON, os.X_OK):
+            raise SystemExit(f"--rootless needs {PYTHON} (Debian's python3)")
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", self.name],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            self._set_up()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _set_up(self) -> None:
+        entry = pwd.getpwnam(self.name)
+        self.uid, self.home = entry.pw_uid, Path(entry.pw_dir)
+        start = _ranges(self.name)  # (useradd may have given it one: SUB_UID_MIN ...)
+        if start is None:
+            start = _free_ranges()
+            ids = f"{start}-{start + SUBIDS - 1}"
+            subprocess.run(
+                ["usermod", "--add-subuids", ids, "--add-subgids", ids, self.name],
+                check=True,
+                capture_output=True,
+            )
+        self.subuid = start
+        src = self.home / "src"
+        skip = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / "pytest_minidock", src / "pytest_minidock", ignore=skip)
+        shutil.copytree(REPO / "benchmarks", src / "benchmarks", ignore=skip)
+        shutil.copytree(REPO / "tests" / "support", src / "tests" / "support", ignore=skip)
+        shutil.copyfile(REPO / "tests" / "__init__.py", src / "tests" / "__init__.py")
+        (self.home / "work").mkdir()
+        subprocess.run(["chown", "-R", f"{self.name}:{self.name}", str(self.home)], check=True)
+        self.root_work = Path(
+            subprocess.run(
+                ["mktemp", "-d", "/tmp/minidock-bench-rootless-XXXXXX"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+        tun = Path("/dev/net/tun")
+        if tun.exists() and tun.stat().st_mode & 0o777 != 0o666:
+            self.tun_mode = tun.stat().st_mode & 0o777
+            tun.chmod(0o666)
+
+    @property
+    def root(self) -> Side:
+        return Side("root", "root", Path("/root"), self.home / "src", self.root_work)
+
+    @property
+    def user(self) -> Side:
+        return Side(self.name, self.name, self.home, self.home / "src", self.home / "work")
+
+    def describe(self) -> str:
+        return (
+            f"rootless user {self.name} (uid {self.uid}, subordinate ids {self.subuid}+{SUBIDS}), "
+            f"both sides: {PYTHON} via runuser/env -i, PYTHONPATH {self.home / 'src'}"
+        )
+
+    # -- clean-up ----------------------------------------------------------------------------
+    def pids(self) -> list[int]:
+        """Processes running as the user or, inside its user namespaces, as its ids."""
+        if self.uid < 0:
+            return []
+        low, high = self.subuid, self.subuid + SUBIDS
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    uid = os.stat(f"/proc/{entry}").st_uid
+                    if uid == self.uid or (self.subuid >= 0 and low <= uid < high):
+                        found.append(int(entry))
+        return found
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.uid >= 0 and (self.home / "src").is_dir():
+            done = subprocess.run(
+                self.user.argv("-c", STOP_HOLDERS),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            self.cleanup_notes += done.stdout.split("\n")
+            if done.returncode != 0:
+                self.cleanup_notes.append(f"holder.stop failed: {done.stderr.strip()[-300:]}")
+        deadline = time.monotonic() + 10
+        left = self.pids()
+        if left:
+            self.cleanup_notes.append(
+                f"left running after holder.stop: {', '.join(_describe(p) for p in left)}"
+            )
+        killed: set[int] = set()
+        while self.pids() and time.monotonic() < deadline:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            time.sleep(0.1)  # (until reaped: userdel refuses a user still running)
+        if killed:
+            self.cleanup_notes.append(f"killed {len(killed)} leftover process(es) of {self.name}")
+        while True:
+            done = subprocess.run(
+                ["userdel", "--remove", self.name], capture_output=True, text=True, check=False
+            )
+            if done.returncode in (0, 6, 12) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if done.returncode not in (0, 6):
+            self.cleanup_notes.append(f"userdel {self.name}: {done.stderr.strip()}")
+        for file in ("/etc/subuid", "/etc/subgid"):
+            with contextlib.suppress(OSError):
+                lines = Path(file).read_text().splitlines(keepends=True)
+                kept = [line for line in lines if not line.startswith(f"{self.name}:")]
+                if kept != lines:
+                    Path(file).write_text("".join(kept))
+        if self.uid >= 0:
+            shutil.rmtree(f"/tmp/minidock-{self.uid}", ignore_errors=True)
+        if self.root_work.is_dir():
+            from benchmarks._roots import remove_work
+            from pytest_minidock.runtime.network import Networks
+
+            table = Networks(self.root_work / "root").table
+            remove_work(self.root_work)
+            listed = subprocess.run(
+                ["nft", "list", "table", "ip", table], capture_output=True, check=False
+            )
+            if listed.returncode == 0:
+                self.cleanup_notes.append(f"root's nftables table {table} is still there")
+        if self.tun_mode is not None:
+            Path("/dev/net/tun").chmod(self.tun_mode)
+        self.cleanup_notes = [n for n in self.cleanup_notes if n.strip()]
+
+
+# -- child side: samples as JSON -------------------------------------------------------------------
+def emit(timings: Sequence[Timing], values: dict[str, list[float]] | None = None) -> None:
+    """Print a child's results as one JSON line (the parent reads the last line)."""
+    print(
+        json.dumps(
+            {
+                "timings": {t.name: list(t.samples) for t in timings},
+                "values": values or {},
+            }
+        ),
+        flush=True,
+    )
+
+
+def merge(results: Sequence[dict[str, Any]]) -> tuple[dict[str, Timing], dict[str, list[float]]]:
+    """The rounds' samples of one side, joined per name."""
+    samples: dict[str, list[float]] = {}
+    values: dict[str, list[float]] = {}
+    for result in results:
+        for name, got in result["timings"].items():
+            samples.setdefault(name, []).extend(got)
+        for name, got in result["values"].items():
+            values.setdefault(name, []).extend(got)
+    return {k: Timing(k, tuple(v)) for k, v in samples.items()}, values
+
+
+def interleaved(
+    pair: RootlessUser, module: str, rounds: int, args: Sequence[str]
+) -> tuple[
+    tuple[dict[str, Timing], dict[str, list[float]]],
+    tuple[dict[str, Timing], dict[str, list[float]]],
+]:
+    """``rounds`` alternating (root, user) runs of ``module``'s child; each side's results."""
+    got: dict[str, list[dict[str, Any]]] = {"root": [], "user": []}
+    for i in range(rounds):
+        order = ("root", "user") if i % 2 == 0 else ("user", "root")
+        for who in order:
+            side = pair.root if who == "root" else pair.user
+            t0 = time.monotonic()
+            got[who].append(side.child(module, *args))
+            print(
+                f"  round {i + 1}/{rounds} {side.label}: {time.monotonic() - t0:.0f} s", flush=True
+            )
+    return merge(got["root"]), merge(got["user"])
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _ms(t: Timing | None) -> str:
+    return "-" if t is None else f"{t.median * 1000:.1f} / {t.pct(90) * 1000:.1f}"
+
+
+def table(
+    title: str,
+    rows: Sequence[tuple[str, str]],
+    root: dict[str, Timing],
+    user: dict[str, Timing],
+) -> None:
+    """``rows``: (label, sample name); ms p50 / p90 for root and rootless, and rootless p50 /
+    root p50."""
+    print(f"\n== {title} (ms: p50 / p90; ratio: rootless p50 / root p50)")
+    header = f"{'row':<40} {'root':>15} {'rootless':>15} {'ratio':>7} {'n':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, key in rows:
+        a, b = root.get(key), user.get(key)
+        ratio = "-" if a is None or b is None or a.median <= 0 else f"{b.median / a.median:.2f}x"
+        n = f"{len(a.samples) if a else 0}/{len(b.samples) if b else 0}"
+        print(f"{label:<40} {_ms(a):>15} {_ms(b):>15} {ratio:>7} {n:>7}")
+
+
+def _value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+
+
+def value_table(
+    title: str,
+    unit: str,
+    rows: Sequence[tuple[str, str]],
+    root: dict[str, list[float]],
+    user: dict[str, list[float]],
+) -> None:
+    """Like ``table`` for rates (medians; ratio rootless / root)."""
+    import statistics
+
+    print(f"\n== {title} ({unit}, median; ratio: rootless / root)")
+    header = f"{'row':<40} {'root':>15} {'rootless':>15} {'ratio':>7} {'n':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, key in rows:
+        a, b = root.get(key), user.get(key)
+        ma = statistics.median(a) if a else None
+        mb = statistics.median(b) if b else None
+        ratio = "-" if ma is None or mb is None or ma <= 0 else f"{mb / ma:.2f}x"
+        n = f"{len(a) if a else 0}/{len(b) if b else 0}"
+        fa, fb = _value(ma), _value(mb)
+        print(f"{label:<40} {fa:>15} {fb:>15} {ratio:>7} {n:>7}")
