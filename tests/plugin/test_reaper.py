@@ -89,6 +89,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.privileged
+@pytest.mark.rootless
 @pytest.mark.netns
 def test_background_removal_leaves_nothing_at_the_session_end(
     pytester: pytest.Pytester,
@@ -152,6 +153,7 @@ COUNT_WEB = "awk '{for (i = 2; i <= NF; i++) if ($i == \"web\") n++} END {print 
 
 
 @pytest.mark.privileged
+@pytest.mark.rootless
 @pytest.mark.netns
 def test_a_name_on_the_network_never_has_two_containers(
     pytester: pytest.Pytester, plugin_root: Path, engine: Engine
@@ -184,6 +186,7 @@ def test_a_name_on_the_network_never_has_two_containers(
 
 
 @pytest.mark.privileged
+@pytest.mark.rootless
 @pytest.mark.netns
 def test_a_port_stays_held_while_its_container_is_being_removed(
     pytester: pytest.Pytester, plugin_root: Path, engine: Engine
@@ -253,6 +256,7 @@ def test_b(box):
 
 
 @pytest.mark.privileged
+@pytest.mark.rootless
 def test_sigkill_with_a_removal_pending_leaves_nothing_running(
     pytester: pytest.Pytester, plugin_root: Path, engine: Engine
 ) -> None:
@@ -272,3 +276,42 @@ def test_sigkill_with_a_removal_pending_leaves_nothing_running(
     result.assert_outcomes(passed=1)
     for started in (first, second):
         assert not engine.runtime.state.dir(str(started["id"])).exists()
+
+
+FAILING_REMOVAL = """
+from pytest_minidock import container, wait
+from pytest_minidock.fixtures.handle import Container
+
+_remove = Container.remove
+
+def failing_remove(self):  # removed all the same, then fails
+    _remove(self)
+    raise OSError("disk on fire")
+
+Container.remove = failing_remove
+
+box = container("busybox", command="sleep 600", wait=wait.none(), scope="session")
+"""
+
+
+@pytest.mark.privileged
+def test_a_removal_that_fails_is_an_error_naming_the_container(
+    pytester: pytest.Pytester, plugin_root: Path, engine: Engine
+) -> None:
+    """What a removal in the background raised is raised at the session's end, as an error of
+    the last teardown that names the container."""
+    pytester.makeconftest(FAILING_REMOVAL)
+    pytester.makepyfile(
+        """
+        def test_uses(box):
+            print("ID=" + box.id)
+        """
+    )
+    result = pytester.runpytest_inprocess(*inner_args(plugin_root), "-s")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["E       OSError: disk on fire", "E       removing container box-*"]
+    )
+    cid = next(line.split("ID=")[1] for line in result.outlines if "ID=" in line)
+    assert not engine.runtime.state.dir(cid).exists()
+    assert not [t for t in threading.enumerate() if t.name == "minidock-reaper"]
