@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._stats import Timing
+from tests.support.subids import SUBIDS, free_start, own_start
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,39 +36,12 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = "/usr/bin/python3"
-SUBIDS = 65536
 STOP_HOLDERS = """
 from pytest_minidock.runtime import holder
 for which in ("full", "single"):
     if holder.stop(holder.holder_dir(which, make=False)):
         print(f"stopped the {which} network holder")
 """
-
-
-def _ranges(name: str) -> int | None:
-    """The start of ``name``'s subordinate range if it has ``SUBIDS`` uids and gids there."""
-    starts = []
-    for file in ("/etc/subuid", "/etc/subgid"):
-        found = None
-        with contextlib.suppress(OSError):
-            for line in Path(file).read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) == 3 and parts[0] == name and int(parts[2]) >= SUBIDS:
-                    found = int(parts[1])
-                    break
-        starts.append(found)
-    return starts[0] if starts[0] is not None and starts[0] == starts[1] else None
-
-
-def _free_ranges() -> int:
-    end = 1_000_000
-    for file in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(OSError):
-            for line in Path(file).read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                    end = max(end, int(parts[1]) + int(parts[2]))
-    return (end + SUBIDS - 1) // SUBIDS * SUBIDS
 
 
 def _describe(pid: int) -> str:
@@ -163,9 +137,9 @@ class RootlessUser:
     def _set_up(self) -> None:
         entry = pwd.getpwnam(self.name)
         self.uid, self.home = entry.pw_uid, Path(entry.pw_dir)
-        start = _ranges(self.name)  # (useradd may have given it one: SUB_UID_MIN ...)
+        start = own_start(self.name)  # (useradd may have given it one: SUB_UID_MIN ...)
         if start is None:
-            start = _free_ranges()
+            start = free_start()
             ids = f"{start}-{start + SUBIDS - 1}"
             subprocess.run(
                 ["usermod", "--add-subuids", ids, "--add-subgids", ids, self.name],

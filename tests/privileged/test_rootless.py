@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import require_tool
+from tests.support.subids import SUBIDS, free_start, own_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.privileged
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pytest_minidock"
-SUBIDS = 65536
 
 
 class User:
@@ -101,34 +101,6 @@ class User:
         return out
 
 
-def _free_subids() -> int:
-    """A start of ``SUBIDS`` subordinate ids no other user has (uid and gid alike)."""
-    end = 1_000_000
-    for name in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(OSError):
-            for line in Path(name).read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                    end = max(end, int(parts[1]) + int(parts[2]))
-    return (end + SUBIDS - 1) // SUBIDS * SUBIDS
-
-
-def _own_subids(name: str) -> int | None:
-    """The start of ``name``'s first subordinate range if it has ``SUBIDS`` uids and gids
-    there, else None."""
-    starts = []
-    for file in ("/etc/subuid", "/etc/subgid"):
-        found = None
-        with contextlib.suppress(OSError):
-            for line in Path(file).read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) == 3 and parts[0] == name and int(parts[2]) >= SUBIDS:
-                    found = int(parts[1])
-                    break
-        starts.append(found)
-    return starts[0] if starts[0] is not None and starts[0] == starts[1] else None
-
-
 def _python_for(name: str) -> str:
     for candidate in (sys.executable, "/usr/bin/python3"):
         check = "import sys; sys.exit(sys.version_info < (3, 11))"
@@ -182,16 +154,16 @@ def user(busybox_rootfs: Path) -> Iterator[User]:
     )
     made: User | None = None
     try:
-        start = _own_subids(name)  # (useradd may have given it a range: SUB_UID_MIN...)
+        start = own_start(name)  # (useradd may have given it a range: SUB_UID_MIN...)
         if start is None:
-            start = _free_subids()
+            start = free_start()
             ids = f"{start}-{start + SUBIDS - 1}"
             subprocess.run(
                 ["usermod", "--add-subuids", ids, "--add-subgids", ids, name],
                 check=True,
                 capture_output=True,
             )
-            assert _own_subids(name) == start
+            assert own_start(name) == start
         home = Path(pwd.getpwnam(name).pw_dir)
         shutil.copytree(
             PACKAGE, home / "src" / "pytest_minidock", ignore=shutil.ignore_patterns("__pycache__")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import IN_CI, require_tool
+from tests.support.subids import free_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -270,17 +271,6 @@ def _answer(stdout: str, stderr: str, code: int) -> dict[str, Any]:
     raise AssertionError(f"the scenario failed (exit {code}):\n{stdout}\n{stderr}")
 
 
-def _free_subordinate_range(count: int = 65536) -> int:
-    end = 100000
-    for name in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(OSError), open(name) as f:
-            for line in f:
-                parts = line.strip().split(":")
-                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                    end = max(end, int(parts[1]) + int(parts[2]))
-    return -(-end // count) * count
-
-
 def _python() -> str:
     """A python3 every user may run (root's may live in /root), new enough for the package."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
@@ -353,7 +343,7 @@ def user(tun: None, busybox_rootfs: Path) -> Iterator[RootlessUser]:
             check=True,
         )  # fmt: skip
         made = True
-        first = _free_subordinate_range()
+        first = free_start()
         ids = f"{first}-{first + 65535}"
         subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True)
         import pwd
