@@ -1135,11 +1135,13 @@ class Networks:
         (``holder.HolderKernel``), started on first use: the user's networks live in its
         network namespace."""
         if self._kernel is None:
-            from pytest_minidock.runtime import holder
+            from pytest_minidock.capabilities import host_root
 
-            if os.geteuid() == 0 and not holder.joined():
+            if host_root():  # (false once ``holder.enter`` joined its user namespace)
                 self._kernel = LinuxKernel()
             else:
+                from pytest_minidock.runtime import holder
+
                 self._kernel = holder.HolderKernel()
         return self._kernel
 
