@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~4 ms
 if TYPE_CHECKING:
     import argparse
+    from typing import IO, Any, Protocol
 
     from pytest_minidock.api import Engine
+else:
+    Protocol = object  # (the protocol is a plain class at run time)
 
 __all__ = ["ProgressPrinter", "add_registry_commands", "ensure_image"]
 
