@@ -191,34 +191,39 @@ def compress_tar(
 
     The same tar bytes always give the same blob, identical to what ``layer_from_*`` write.
     """
-    _check_level(compresslevel)
-    try:
-        with GzipPipeline(out, compresslevel) as pipe:
-            sink = ChunkSink(pipe.feed)
-            while True:
-                data = src.read(CHUNK)
-                if not data:
-                    break
-                sink.write(data)
-            sink.flush()
-            return pipe.finish()
-    except OSError as exc:
-        _unlink_quietly(out)
-        raise StoreError(f"cannot compress tar stream into {out}: {_oserror_text(exc)}") from exc
-    except BaseException:
-        _unlink_quietly(out)
-        raise
+
+    def fill(pipe: GzipPipeline) -> None:
+        sink = ChunkSink(pipe.feed)
+        while True:
+            data = src.read(CHUNK)
+            if not data:
+                break
+            sink.write(data)
+        sink.flush()
+
+    return _compress_into(out, compresslevel, fill)
 
 
 def compress_tar_bytes(
     data: bytes, out: Path, *, compresslevel: int = DEFAULT_COMPRESSLEVEL
 ) -> LayerBlob:
     """``compress_tar`` of a tar already in memory: the same blob, without the chunk buffer."""
+
+    def fill(pipe: GzipPipeline) -> None:
+        for start in range(0, len(data), CHUNK):
+            pipe.feed(data[start : start + CHUNK])
+
+    return _compress_into(out, compresslevel, fill)
+
+
+def _compress_into(
+    out: Path, compresslevel: int, fill: Callable[[GzipPipeline], None]
+) -> LayerBlob:
+    """The blob ``fill`` feeds a ``GzipPipeline`` writing ``out``; ``out`` removed on failure."""
     _check_level(compresslevel)
     try:
         with GzipPipeline(out, compresslevel) as pipe:
-            for start in range(0, len(data), CHUNK):
-                pipe.feed(data[start : start + CHUNK])
+            fill(pipe)
             return pipe.finish()
     except OSError as exc:
         _unlink_quietly(out)
