@@ -160,13 +160,11 @@ def _helper(record: ContainerRecord, sys_: Syscalls, work: Callable[[], None]) -
 
 
 def _finish(pid: int, err_r: int, what: str) -> None:
-    chunks = []
-    while chunk := os.read(err_r, 65536):
-        chunks.append(chunk)
-    os.close(err_r)
-    _, status = os.waitpid(pid, 0)
+    from pytest_minidock.runtime.userns import reap
+
+    status, data = reap(pid, err_r)
     if status != 0:
-        message = b"".join(chunks).decode(errors="replace") or f"status {status}"
+        message = data.decode(errors="replace") or f"status {status}"
         raise RuntimeFailure(f"{what}: {message}")
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "mapped_groups",
     "parse_map",
     "plan_idmap",
+    "reap",
     "run_as_root",
     "runtime_idmap",
     "setgroups_denied",
@@ -403,12 +404,19 @@ def _spawn(argv: list[str]) -> _Ran:
         os.close(w)
         return _Ran(127, str(exc).encode())
     os.close(w)
+    status, out = reap(pid, r)
+    return _Ran(os.waitstatus_to_exitcode(status), out)
+
+
+def reap(pid: int, fd: int) -> tuple[int, bytes]:
+    """Read ``fd`` (a child's error pipe) to its end and close it, then wait for ``pid``:
+    its wait status and what it wrote."""
     chunks = []
-    while chunk := os.read(r, 65536):
+    while chunk := os.read(fd, 65536):
         chunks.append(chunk)
-    os.close(r)
+    os.close(fd)
     _, status = os.waitpid(pid, 0)
-    return _Ran(os.waitstatus_to_exitcode(status), b"".join(chunks))
+    return status, b"".join(chunks)
 
 
 def write_maps(
@@ -595,13 +603,8 @@ def run_as_root(
         finally:
             os._exit(code)
     os.close(err_w)
-    chunks = []
-    while chunk := os.read(err_r, 65536):
-        chunks.append(chunk)
-    os.close(err_r)
-    _, status = os.waitpid(pid, 0)
+    status, data = reap(pid, err_r)
     if status != 0:
-        data = b"".join(chunks)
         kept = _kept(data, keep)
         if kept is not None:
             raise kept
