@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._stats import Timing
-from tests.support.subids import SUBIDS, free_start, own_start
+from tests.support.subids import SUBIDS, free_start, own_start, pids_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -187,15 +187,7 @@ class RootlessUser:
         """Processes running as the user or, inside its user namespaces, as its ids."""
         if self.uid < 0:
             return []
-        low, high = self.subuid, self.subuid + SUBIDS
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    uid = os.stat(f"/proc/{entry}").st_uid
-                    if uid == self.uid or (self.subuid >= 0 and low <= uid < high):
-                        found.append(int(entry))
-        return found
+        return pids_of(self.uid, self.subuid)
 
     def __exit__(
         self,

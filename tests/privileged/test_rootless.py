@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import require_tool
-from tests.support.subids import SUBIDS, free_start, own_start
+from tests.support.subids import SUBIDS, free_start, own_start, pids_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -80,15 +80,7 @@ class User:
 
     def pids(self) -> list[int]:
         """The processes running as this user (or, inside its user namespaces, as its ids)."""
-        low, high = self.subuid, self.subuid + SUBIDS
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    uid = os.stat(f"/proc/{entry}").st_uid
-                    if uid == self.uid or low <= uid < high:
-                        found.append(int(entry))
-        return found
+        return pids_of(self.uid, self.subuid)
 
     def processes(self, *argv: str) -> list[int]:
         """The user's processes whose command line holds the arguments ``argv`` in a row."""

@@ -4,6 +4,7 @@ rootless tests and benchmarks make."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 SUBIDS = 65536
@@ -42,3 +43,16 @@ def own_start(name: str, count: int = SUBIDS) -> int | None:
                 break
         starts.append(found)
     return starts[0] if starts[0] is not None and starts[0] == starts[1] else None
+
+
+def pids_of(uid: int, subuid: int, count: int = SUBIDS) -> list[int]:
+    """The processes running as ``uid`` or, inside its user namespaces, as one of its
+    ``count`` subordinate ids from ``subuid`` (none of those when ``subuid`` is negative)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                owner = os.stat(f"/proc/{entry}").st_uid
+                if owner == uid or (subuid >= 0 and subuid <= owner < subuid + count):
+                    found.append(int(entry))
+    return found
