@@ -230,11 +230,11 @@ def reserve(
 ) -> PublishedPorts:
     """Bind a socket for each spec's host port, atomically: all of them, or ``PortInUse``/
     ``NetworkError`` with everything closed again. ``relayed``: the ports are relayed rather
-    than forwarded by nftables (default: rootless, i.e. not root), see the module's doc."""
-    if relayed is None:
-        import os
+    than forwarded by nftables (default: rootless, i.e. not root on the host), see the module's doc."""
+    if relayed is None:  # (as the networks' kernel is chosen: ``Networks.kernel``)
+        from pytest_minidock.capabilities import host_root
 
-        relayed = os.geteuid() != 0
+        relayed = not host_root()
     sockets: list[_socket.socket] = []
     mappings: list[PortMapping] = []
     try:
