@@ -230,7 +230,8 @@ def reserve(
 ) -> PublishedPorts:
     """Bind a socket for each spec's host port, atomically: all of them, or ``PortInUse``/
     ``NetworkError`` with everything closed again. ``relayed``: the ports are relayed rather
-    than forwarded by nftables (default: rootless, i.e. not root on the host), see the module's doc."""
+    than forwarded by nftables (default: rootless, i.e. not root on the host), see the module's
+    doc."""
     if relayed is None:  # (as the networks' kernel is chosen: ``Networks.kernel``)
         from pytest_minidock.capabilities import host_root
 
