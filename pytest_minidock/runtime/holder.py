@@ -230,15 +230,9 @@ class Holder:
 def _running(pid: int, start: int) -> bool:
     """Whether ``pid`` is the process that started at ``start`` and has not exited (a zombie
     waiting for its parent has)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rfind(b")") + 2 :].split()
-    return fields[0] not in (b"Z", b"X") and int(fields[19]) == start
+    from pytest_minidock.runtime.state import process_start_time
+
+    return pid > 0 and process_start_time(pid, running=True) == start
 
 
 def _read(directory: str) -> Holder | None:

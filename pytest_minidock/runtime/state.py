@@ -127,8 +127,9 @@ def random_name() -> str:
     return f"{_ADJECTIVES[pick % len(_ADJECTIVES)]}_{_NOUNS[(pick >> 16) % len(_NOUNS)]}"
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (None if it does not exist).
+def process_start_time(pid: int, *, running: bool = False) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (None if it does not exist, or with
+    ``running`` if it has exited and waits to be reaped: a zombie).
 
     Recorded next to every pid so that a recycled pid is never mistaken for ours.
     """
@@ -138,6 +139,8 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     fields = data[data.rfind(b")") + 2 :].split()
+    if running and fields[0] in (b"Z", b"X"):
+        return None
     return int(fields[19])
 
 
