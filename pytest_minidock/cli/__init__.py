@@ -8,16 +8,16 @@ with 125/126/127 when it cannot be started (as docker does).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 TYPE_CHECKING = False  # not ``typing``'s (~6 ms to import; contextlib is ~1 ms more)
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
     from typing import Any
 
-__all__ = ["build_parser", "entry", "main"]
+__all__ = ["build_parser", "entry", "main", "quick_args"]
 
 
 class _Skip:
@@ -27,20 +27,25 @@ class _Skip:
         return lambda *args, **kwargs: self
 
 
-class _Formatter(argparse.HelpFormatter):
+def _formatter_class() -> type[argparse.HelpFormatter]:
     """argparse's help formatter, sized without ``shutil`` (argparse imports it to ask the
-    terminal's width, and it pulls in zlib, bz2 and lzma: ~3 ms of every command)."""
+    terminal's width, and it pulls in zlib, bz2 and lzma: ~3 ms of every command). Made when a
+    parser is built: the module does not import argparse (``quick_args``)."""
+    import argparse
 
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+    class Formatter(argparse.HelpFormatter):
+        def __init__(
+            self,
+            prog: str,
+            indent_increment: int = 2,
+            max_help_position: int = 24,
+            width: int | None = None,
+        ) -> None:
+            if width is None:
+                width = _terminal_columns() - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    return Formatter
 
 
 def _terminal_columns() -> int:
@@ -60,13 +65,14 @@ def _terminal_columns() -> int:
 class _OnlySubparsers:
     """Builds only the parser of the subcommand being run (building all of them costs ~30 ms)."""
 
-    def __init__(self, sub: Any, only: str | None) -> None:
+    def __init__(self, sub: Any, only: str | None, formatter: type[argparse.HelpFormatter]) -> None:
         self._sub = sub
         self._only = only
+        self._formatter = formatter
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
         if self._only is None or name == self._only:
-            kwargs.setdefault("formatter_class", _Formatter)
+            kwargs.setdefault("formatter_class", self._formatter)
             return self._sub.add_parser(name, **kwargs)
         return _Skip()
 
@@ -110,12 +116,15 @@ subcommands that function adds."""
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``minidock`` parser; with ``only``, just that subcommand's parser is built (and only
     the module that defines it is imported)."""
+    import argparse
+
     from pytest_minidock import __version__
 
+    formatter = _formatter_class()
     parser = argparse.ArgumentParser(
         prog="minidock",
         description="Daemonless containers: docker's commands, no daemon.",
-        formatter_class=_Formatter,
+        formatter_class=formatter,
     )
     parser.add_argument(
         "--root",
@@ -127,7 +136,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minidock {__version__}")
     real = parser.add_subparsers(dest="command", metavar="COMMAND")
     real.required = True
-    sub = _OnlySubparsers(real, only)
+    sub = _OnlySubparsers(real, only, formatter)
     chosen = [c for c in _COMMANDS if only in c[2]] or _COMMANDS
     for module, adder, _names in chosen:
         name = f"pytest_minidock.cli.{module}"
@@ -136,11 +145,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def quick_args(arguments: Sequence[str]) -> Any | None:
+    """The parsed ``[--root DIR] run|create …`` without argparse (``cli.runflags``: the
+    everyday spellings of their flags), or None when argparse must parse ``arguments``."""
+    root = None
+    i = 0
+    if arguments[:1] == ["--root"] and len(arguments) > 1 and arguments[1][:1] not in ("-", ""):
+        root, i = arguments[1], 2
+    elif arguments[:1] and arguments[0].startswith("--root="):
+        root, i = arguments[0][len("--root=") :], 1
+    if i >= len(arguments) or arguments[i] not in ("run", "create"):
+        return None
+    from pytest_minidock.cli.runflags import Args, quick_parse
+
+    run = arguments[i] == "run"
+    values = quick_parse(arguments[i + 1 :], detach=run)
+    if values is None:
+        return None
+    from pytest_minidock.cli import containers
+
+    if not run:
+        values["detach"] = True
+    return Args(root=root, func=containers.cmd_run if run else containers.cmd_create, **values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``minidock`` command line; return the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_name(arguments))
-    args = parser.parse_args(arguments)
+    args = quick_args(arguments)
+    if args is None:
+        args = build_parser(_command_name(arguments)).parse_args(arguments)
     if getattr(args, "root", None):
         # absolute: containers and RUN steps resolve paths after chdir and in other namespaces
         args.root = os.path.abspath(args.root)

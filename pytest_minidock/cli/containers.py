@@ -3,22 +3,20 @@ inspect, top, cp, commit and volumes — docker's names, flags and output."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
 
-from pytest_minidock.cli.images import for_each
-
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~4 ms
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Iterator
     from typing import Any
 
     from pytest_minidock.api import Engine
+    from pytest_minidock.cli.runflags import Args
     from pytest_minidock.runtime.state import ContainerRecord
     from pytest_minidock.spec import Overrides
 
@@ -110,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_attached(engine, record.id, args)
 
 
-def _run_attached(engine: Engine, cid: str, args: argparse.Namespace) -> int:
+def _run_attached(engine: Engine, cid: str, args: argparse.Namespace | Args) -> int:
     from pytest_minidock.runtime.container import Stdio
 
     stdio = Stdio(stdin=0 if args.interactive else None, stdout=1, stderr=2, tty=args.tty)
@@ -155,12 +153,16 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from pytest_minidock.cli.images import for_each
+
     _require_namespaces()
     engine = _engine(args)
     if args.attach:  # docker attaches to the first container only
         record = engine.container(args.containers[0])
         spec = engine.runtime.spec_of(record)
-        ns = argparse.Namespace(interactive=args.interactive, tty=spec.tty)
+        from pytest_minidock.cli.runflags import Args
+
+        ns = Args(interactive=args.interactive, tty=spec.tty)
         return _run_attached(engine, record.id, ns)
     return for_each(args.containers, lambda name: engine.start(name, detached=True))
 
@@ -278,11 +280,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from pytest_minidock.cli.images import for_each
+
     engine = _engine(args)
     return for_each(args.containers, lambda name: engine.stop(name, timeout=args.time))
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    from pytest_minidock.cli.images import for_each
     from pytest_minidock.spec import signal_number
 
     engine = _engine(args)
@@ -290,6 +295,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from pytest_minidock.cli.images import for_each
+
     engine = _engine(args)
     return for_each(
         args.containers, lambda name: engine.remove(name, force=args.force, volumes=args.volumes)
@@ -440,6 +447,8 @@ def _docker_mounts(engine: Engine, record: ContainerRecord) -> list[dict[str, An
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
     from pytest_minidock.cli.images import format_template
 
     engine = _engine(args)
@@ -534,6 +543,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 
 def cmd_volume(args: argparse.Namespace) -> int:
+    import json
     import shutil
 
     engine = _engine(args)
@@ -597,72 +607,17 @@ def _volume_users(engine: Engine, name: str) -> list[str]:
 
 
 # -- parser ---------------------------------------------------------------------------------------
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--help", action="help", help="show this help message and exit")
-    p.add_argument("--name", help="assign a name to the container")
-    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    p.add_argument("-e", "--env", action="append", default=[], help="set environment variables")
-    p.add_argument("--env-file", action="append", default=[], help="read a file of variables")
-    p.add_argument("-w", "--workdir", help="working directory inside the container")
-    p.add_argument("-u", "--user", help="username or UID (format: name|uid[:group|gid])")
-    p.add_argument("--entrypoint", help="overwrite the default ENTRYPOINT of the image")
-    p.add_argument("-h", "--hostname", help="container host name")
-    p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
-    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
-    p.add_argument("-v", "--volume", action="append", default=[], help="bind mount a volume")
-    p.add_argument("--tmpfs", action="append", default=[], help="mount a tmpfs directory")
-    p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
-    p.add_argument(
-        "--init", action="store_true", help="run an init that forwards signals and reaps"
-    )
-    p.add_argument("-m", "--memory", help="memory limit (e.g. 512m)")
-    p.add_argument("--cpus", help="number of CPUs (e.g. 1.5)")
-    p.add_argument("--pids-limit", type=int, help="process limit")
-    p.add_argument(
-        "--network",
-        "--net",
-        default="default",
-        help="connect to a network: bridge (default), none, host or a network's name",
-    )
-    p.add_argument(
-        "--network-alias", action="append", default=[], help="another name on the network"
-    )
-    p.add_argument(
-        "-p",
-        "--publish",
-        action="append",
-        default=[],
-        metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
-        help="publish a container's port to the host (default host IP 127.0.0.1; 0 = any)",
-    )
-    p.add_argument(
-        "-P", "--publish-all", action="store_true", help="publish every exposed port, ephemeral"
-    )
-    p.add_argument("--privileged", action="store_true", help="give extended privileges")
-    p.add_argument("--cap-add", action="append", default=[], help="add Linux capabilities")
-    p.add_argument("--cap-drop", action="append", default=[], help="drop Linux capabilities")
-    p.add_argument("-l", "--label", action="append", default=[], help="set metadata")
-    p.add_argument("--stop-signal", help="signal to stop the container")
-    p.add_argument("--stop-timeout", type=int, help="seconds to wait before killing on stop")
-    p.add_argument(
-        "--pull",
-        choices=("missing", "always", "never"),
-        default="missing",
-        help="pull the image before creating: missing (default), always, never",
-    )
-    p.add_argument("image")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(error_code=125)
-
-
 def add_container_commands(sub: Any) -> None:
+    import argparse
+
+    from pytest_minidock.cli.runflags import add_run_flags
+
     p = sub.add_parser("run", help="create and run a new container", add_help=False)
-    _add_run_flags(p)
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    add_run_flags(p, detach=True)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("create", help="create a new container", add_help=False)
-    _add_run_flags(p)
+    add_run_flags(p, detach=False)
     p.set_defaults(func=cmd_create, detach=True)
 
     p = sub.add_parser("start", help="start stopped containers")
