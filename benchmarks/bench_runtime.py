@@ -69,6 +69,10 @@ TARGET_CLI_MS = 60.0
 TARGET_CLI_BRIDGE_MS = 150.0
 """Issue 3's target for ``minidock run --rm busybox true`` on the default bridge network."""
 TARGET_MEM_MB = 2.0
+FLOOR_MODULES = ("json", "signal", "select", "fcntl", "_ctypes")
+"""The standard modules a container runtime in Python cannot do without (state files, signal
+forwarding, polling, locks, syscalls): imported, with the interpreter's start, they are the
+floor of a whole ``run`` command (with a container's start and exit, ``summary``)."""
 
 
 # -- /proc readers -----------------------------------------------------------------------------
@@ -656,6 +660,14 @@ def run_cli(root: Path, runs: int, work: Path) -> list[Timing]:
             [*no_site, "run", "--rm", "busybox", "true"],
             runs,
         ),
+        # The floor of any runtime written in Python: the interpreter and the standard modules
+        # a container's start and its state need (JSON state files, signals, polling, locks,
+        # syscalls through ctypes), before a line of minidock runs.
+        bench_process(
+            "python -c 'import json, signal, …'",
+            [py, "-c", f"import {', '.join(FLOOR_MODULES)}"],
+            runs,
+        ),
     ]
     for t in cli:
         print(t.line())
@@ -874,6 +886,14 @@ def summary(
     row("CLI run --rm busybox true", TARGET_CLI_BRIDGE_MS, cli[4], d[0], p[0])
     row("CLI run --rm --network none", TARGET_CLI_MS, cli[5], d[1], p[1])
     row("CLI run --rm, python -S (no .pth)", TARGET_CLI_BRIDGE_MS, cli[6], d[0], p[0])
+    if len(cli) > 7:
+        floor = (cli[7].median + lib["host"][1].median) * 1000
+        print(
+            f"floor of a whole command in Python: {floor:.0f} ms = the interpreter with "
+            f"{', '.join(FLOOR_MODULES)} ({cli[7].median * 1000:.0f} ms) + a start and exit "
+            f"in-process ({lib['host'][1].median * 1000:.1f} ms, host network), before any "
+            f"minidock module; the CLI's target: {TARGET_CLI_MS:g} ms"
+        )
 
     def mem_mb(m: Memory | None) -> float | None:
         return None if m is None else m.beyond_payload_pss() / 1024
