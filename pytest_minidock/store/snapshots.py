@@ -13,6 +13,13 @@ resolved inside the container's root, never on the host, because nothing here fo
 
 On any error everything written below ``dest`` is removed again, leaving ``dest`` empty.
 
+Layers are read by a small strict reader of their usual form (ustar headers, with PAX records
+for long names, large numbers and xattrs: what docker, buildkit and this package write), which
+spares every command that unpacks a layer the import of ``tarfile`` (with ``shutil``, ``bz2``,
+``lzma``: ~7 ms). At the first member in any other form (GNU long names or sparse files, global
+PAX headers, ...) the rest of the stream goes to ``tarfile``; members are checked the same way
+whichever read them.
+
 OCI whiteouts become overlay whiteouts: ``dir/.wh.name`` a 0:0 character device (as root) or an
 empty file with ``user.overlay.whiteout`` (rootless, the parent dir then carries
 ``user.overlay.opaque=x`` as overlayfs requires); ``dir/.wh..wh..opq`` marks ``dir`` opaque with
@@ -25,7 +32,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tarfile
 import zlib
 
 from pytest_minidock._record import dataclass, field
@@ -34,16 +40,19 @@ from pytest_minidock.errors import StoreError, UnsafeLayer
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
+    import tarfile
     from collections.abc import Callable
     from pathlib import Path
-    from typing import BinaryIO, Final, Literal, Self
+    from typing import Any, BinaryIO, Final, Literal, Self, TypeAlias
 
 __all__ = ["ExtractPolicy", "extract_layer"]
 
 CHUNK: Final = 1 << 20
 _TAR_BUFSIZE: Final = 1 << 16
-"""tarfile's stream buffer. Its reader copies the unread rest of this buffer on every header
+"""The readers' stream buffer. tarfile's copies the unread rest of this buffer on every header
 read, so bigger is slower; the stream below it reads ``CHUNK`` at a time anyway."""
+_MAX_PAX: Final = 1 << 20
+"""PAX extended headers up to this size are read here; a larger one goes to tarfile."""
 MAX_PATH_BYTES: Final = 4096
 """Longest member name, hardlink or symlink target accepted (Linux ``PATH_MAX``)."""
 MAX_NAME_BYTES: Final = 255
@@ -161,31 +170,315 @@ class _RootState:
             pass
 
 
-# --------------------------------------------------------------------------------------------
+# ---- reading tars ----------------------------------------------------------------------------
+
+_BLOCK: Final = 512
+_REGULAR: Final = frozenset({b"0", b"\0", b"7"})  # tarfile's REGTYPE, AREGTYPE, CONTTYPE
+_PLAIN: Final = _REGULAR | {b"1", b"2", b"3", b"4", b"5", b"6"}
+"""The member types read here; any other (GNU's, global PAX headers, ...) goes to tarfile."""
+_LOW_BYTES: Final = bytes(range(128))  # deleted from a header, they leave its bytes >= 128
 
 
-class _StrictTarInfo(tarfile.TarInfo):
-    """A TarInfo whose reader fails on a damaged header instead of silently stopping there.
+class _BadTar(Exception):
+    """The stream is not a valid tar (reported as ``StoreError``)."""
 
-    ``TarFile.next`` treats a bad checksum or a short header after the first member as the end of
-    the archive; a layer cut or corrupted that way would extract as a silently truncated tree.
-    A clean EOF on a header boundary (no end-of-archive blocks) is still accepted, as docker does.
-    """
 
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
+class _Handover(Exception):
+    """A member in a form this reader leaves to tarfile; ``data`` is what was read of the stream
+    from its first header on (the rest is still in the stream)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("handed over to tarfile")
+        self.data = data
+
+
+class _Header:
+    """A member as read by ``_TarReader``: the fields of ``tarfile.TarInfo`` the extractor uses,
+    with tarfile's values (names decoded as UTF-8 with ``surrogateescape``)."""
+
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "gid",
+        "linkname",
+        "mode",
+        "mtime",
+        "name",
+        "pax_headers",
+        "size",
+        "type",
+        "uid",
+    )
+
+    def __init__(self, buf: bytes) -> None:
+        if _number(buf[148:156]) not in _checksums(buf):
+            raise _BadTar("damaged tar header: bad checksum")
+        self.name = _text(buf[0:100])
+        self.mode = _number(buf[100:108])
+        self.uid = _number(buf[108:116])
+        self.gid = _number(buf[116:124])
+        self.size = _number(buf[124:136])
+        self.mtime: int | float = _number(buf[136:148])
+        self.type = buf[156:157]
+        self.linkname = _text(buf[157:257])
+        self.devmajor = _number(buf[329:337])
+        self.devminor = _number(buf[337:345])
+        self.pax_headers: dict[str, str] = {}
+        prefix = _text(buf[345:500])
+        if self.type == b"\0" and self.name.endswith("/"):  # an old V7 directory
+            self.type = b"5"
+        if self.type == b"5":
+            self.name = self.name.rstrip("/")
+        if prefix and self.type in _PLAIN:  # (GNU headers keep other things there)
+            self.name = prefix + "/" + self.name
+
+    def apply_pax(self, records: dict[str, str]) -> None:
+        """Take the fields an extended header sets, as tarfile does (a bad number is 0)."""
+        for key, value in records.items():
+            if key == "path":
+                self.name = value.rstrip("/")
+            elif key == "linkpath":
+                self.linkname = value
+            elif key in ("size", "uid", "gid"):
+                try:
+                    setattr(self, key, int(value))
+                except ValueError:
+                    setattr(self, key, 0)
+            elif key == "mtime":
+                try:
+                    self.mtime = float(value)
+                except ValueError:
+                    self.mtime = 0
+        self.pax_headers = records
+        if self.type == b"5":
+            self.name = self.name.rstrip("/")
+
+    def isreg(self) -> bool:
+        return self.type in _REGULAR
+
+    def isdir(self) -> bool:
+        return self.type == b"5"
+
+    def issym(self) -> bool:
+        return self.type == b"2"
+
+    def islnk(self) -> bool:
+        return self.type == b"1"
+
+    def ischr(self) -> bool:
+        return self.type == b"3"
+
+    def isblk(self) -> bool:
+        return self.type == b"4"
+
+    def isfifo(self) -> bool:
+        return self.type == b"6"
+
+
+def _text(field: bytes) -> str:
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU's base-256 (tarfile's ``nti``)."""
+    if field[0] in (0o200, 0o377):
+        n = int.from_bytes(field[1:], "big")
+        return n - 256 ** (len(field) - 1) if field[0] == 0o377 else n
+    end = field.find(b"\0")
+    try:
+        return int((field if end < 0 else field[:end]).decode("ascii").strip() or "0", 8)
+    except ValueError:  # (UnicodeDecodeError included)
+        raise _BadTar("damaged tar header: invalid header") from None
+
+
+def _checksums(buf: bytes) -> tuple[int, int]:
+    """The unsigned and the signed sum of the header, its checksum field read as spaces."""
+    rest = buf[:148] + buf[156:]
+    unsigned = 256 + sum(rest)
+    return unsigned, unsigned - 256 * len(rest.translate(None, _LOW_BYTES))
+
+
+def _pax_records(data: bytes) -> dict[str, str] | None:
+    """The ``"<len> <key>=<value>\\n"`` records of an extended header (up to NUL padding),
+    decoded as tarfile decodes them; None if one of them is a GNU sparse map (for tarfile)."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise _BadTar("damaged tar header: invalid PAX record")
+        length = int(digits)
+        end = pos + length - 1  # the record's newline
+        key, equals, value = data[space + 1 : end].partition(b"=")
+        if length < 5 or end >= len(data) or data[end] != 0x0A or not key or not equals:
+            raise _BadTar("damaged tar header: invalid PAX record")
+        name = key.decode("utf-8", "surrogateescape")
+        if name.startswith("GNU.sparse."):
+            return None
+        out[name] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+class _TarReader:
+    """Reads the members of an uncompressed tar stream, the way ``tarfile`` does with the
+    extractor's settings (a damaged header is an error, never a silent end; a clean end of
+    the stream on a header boundary is an end, as docker has it). ``next`` raises
+    ``_Handover`` at a member in a form left to tarfile."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self._mark = -1  # where the member being read started in _buf (-1: none)
+        self._started = False
+        self._left = 0  # unread content of the current member
+        self._pad = 0  # and the padding after it
+
+    def _fill(self, n: int) -> None:
+        """Buffer at least ``n`` bytes (fewer only at the end of the stream), keeping what
+        was read from ``_mark`` on."""
+        base = self._pos if self._mark < 0 else self._mark
+        parts = [self._buf[base:]]
+        have = len(self._buf) - self._pos
+        while have < n:
+            data = self._stream.read(max(n - have, _TAR_BUFSIZE))
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        self._buf = b"".join(parts)
+        self._pos -= base
+        self._mark = -1 if self._mark < 0 else 0
+
+    def _take(self, n: int) -> bytes:
+        if len(self._buf) - self._pos < n:
+            self._fill(n)
+        data = self._buf[self._pos : self._pos + n]
+        self._pos += len(data)
+        return data
+
+    def _skip(self, n: int) -> None:
+        while n > 0:
+            got = len(self._take(min(n, _TAR_BUFSIZE)))
+            if not got:
+                raise _BadTar("unexpected end of data")
+            n -= got
+
+    def readinto(self, view: memoryview) -> int:
+        """Read the current member's content (0 at its end, or early when the stream ends)."""
+        n = min(len(view), self._left)
+        if n <= 0:
+            return 0
+        if self._pos == len(self._buf):
+            data = self._stream.read(max(n, _TAR_BUFSIZE))
+            if not data:
+                return 0
+            self._buf, self._pos = data, 0
+        data = self._buf[self._pos : self._pos + n]
+        self._pos += len(data)
+        self._left -= len(data)
+        view[: len(data)] = data
+        return len(data)
+
+    def _header(self, *, first: bool) -> _Header | None:
+        buf = self._take(_BLOCK)
+        if not buf:
+            if first and not self._started:
+                raise _BadTar("empty file")
+            if first:
+                return None  # the stream ended on a header boundary
+            raise _BadTar("damaged tar header: unexpected end of data after an extended header")
+        self._started = True
+        if len(buf) < _BLOCK:
+            raise _BadTar("damaged tar header: truncated header")
+        if buf.count(0) == _BLOCK:
+            if first:
+                return None  # end-of-archive blocks
+            raise _BadTar("damaged tar header: end of archive after an extended header")
+        return _Header(buf)
+
+    def next(self) -> _Header | None:
+        """The next member (its content is read with ``readinto``), or None at the end."""
+        self._skip(self._left + self._pad)
+        self._left = self._pad = 0
+        self._mark = self._pos
         try:
-            return super().fromtarfile(tarfile_)
-        except tarfile.HeaderError as exc:
-            if type(exc).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
-                raise  # a proper end of archive, or a clean EOF on a header boundary
-            raise tarfile.ReadError(f"damaged tar header: {exc}") from None
+            member = self._header(first=True)
+            if member is None:
+                return None
+            if member.type == b"x" and member.size <= _MAX_PAX:
+                data = self._take(member.size + -member.size % _BLOCK)
+                if len(data) < member.size:
+                    raise _BadTar("unexpected end of data")
+                records = _pax_records(data)
+                following = self._header(first=False)
+                assert following is not None
+                if records is None or following.type not in _PLAIN:
+                    raise _Handover(self._buf[self._mark :])
+                following.apply_pax(records)
+                member = following
+            elif member.type not in _PLAIN:
+                raise _Handover(self._buf[self._mark :])
+        finally:
+            self._mark = -1
+        if member.isreg():
+            self._left = member.size
+            self._pad = -member.size % _BLOCK
+        return member
 
 
-class _StreamTarFile(tarfile.TarFile):
-    """``TarFile`` with the ``members`` list typeshed leaves out (cleared as we stream)."""
+class _Prefixed:
+    """``data``, then the rest of ``stream``: for tarfile, from the member it takes over."""
 
-    members: list[tarfile.TarInfo]
+    def __init__(self, data: bytes, stream: BinaryIO) -> None:
+        self._data = data
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._data:
+            out = self._data if n < 0 else self._data[:n]
+            self._data = self._data[len(out) :]
+            return out
+        return self._stream.read(n)
+
+
+def _tarfile_classes() -> tuple[type[tarfile.TarInfo], Any]:
+    """tarfile's reader, strict about damaged headers (imported only when a layer needs it)."""
+    import tarfile
+
+    class StrictTarInfo(tarfile.TarInfo):
+        """A TarInfo whose reader fails on a damaged header instead of silently stopping there.
+
+        ``TarFile.next`` treats a bad checksum or a short header after the first member as the
+        end of the archive; a layer cut or corrupted that way would extract as a silently
+        truncated tree. A clean EOF on a header boundary (no end-of-archive blocks) is still
+        accepted, as docker does.
+        """
+
+        @classmethod
+        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
+            try:
+                return super().fromtarfile(tarfile_)
+            except tarfile.HeaderError as exc:
+                if type(exc).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
+                    raise  # a proper end of archive, or a clean EOF on a header boundary
+                raise tarfile.ReadError(f"damaged tar header: {exc}") from None
+
+    class StreamTarFile(tarfile.TarFile):
+        """``TarFile`` with the ``members`` list typeshed leaves out (cleared as we stream)."""
+
+        members: list[tarfile.TarInfo]
+
+    return StrictTarInfo, StreamTarFile
+
+
+if TYPE_CHECKING:
+    _Member: TypeAlias = "_Header | tarfile.TarInfo"
+    _Content: TypeAlias = "Callable[[_Member], Any]"
+    """Opens a member's content (something with ``readinto``)."""
 
 
 @dataclass(slots=True)
@@ -269,26 +562,21 @@ class _Extractor:
         return UnsafeLayer(f"unsafe layer {self.source}: member {self._member!r}: {reason}")
 
     def run(self, stream: BinaryIO) -> None:
+        reader = _TarReader(stream)
         try:
-            with _StreamTarFile.open(
-                fileobj=stream,
-                mode="r|",
-                bufsize=_TAR_BUFSIZE,
-                encoding="utf-8",
-                errors="surrogateescape",
-                tarinfo=_StrictTarInfo,
-            ) as tf:
-                while (member := tf.next()) is not None:
-                    tf.members.clear()  # a stream has no use for them: keep memory flat
+            try:
+                while (member := reader.next()) is not None:
                     self._member = member.name
-                    self._one(tf, member)
-                self._member = ""
-                self._finish()
+                    self._one(member, lambda _member: reader)
+            except _Handover as handover:
+                self._run_tarfile(_Prefixed(handover.data, stream))
+            self._member = ""
+            self._finish()
             while stream.read(CHUNK):  # let a verifying stream see every byte
                 pass
         except (UnsafeLayer, StoreError):
             raise
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
+        except (_BadTar, EOFError, zlib.error) as exc:
             where = f" at member {self._member!r}" if self._member else ""
             raise StoreError(f"layer {self.source} is not a valid tar{where}: {exc}") from exc
         except OSError as exc:
@@ -296,6 +584,27 @@ class _Extractor:
             raise StoreError(
                 f"cannot extract layer {self.source}{where}: {exc.strerror or exc}"
             ) from exc
+
+    def _run_tarfile(self, stream: Any) -> None:
+        """The rest of the layer, from a member ``_TarReader`` leaves to tarfile."""
+        import tarfile
+
+        strict_info, stream_tarfile = _tarfile_classes()
+        try:
+            with stream_tarfile.open(
+                fileobj=stream,
+                mode="r|",
+                bufsize=_TAR_BUFSIZE,
+                encoding="utf-8",
+                errors="surrogateescape",
+                tarinfo=strict_info,
+            ) as tf:
+                while (member := tf.next()) is not None:
+                    tf.members.clear()  # a stream has no use for them: keep memory flat
+                    self._member = member.name
+                    self._one(member, tf.extractfile)
+        except tarfile.TarError as exc:
+            raise _BadTar(str(exc)) from exc
 
     # ---- names ------------------------------------------------------------------------------
 
@@ -376,7 +685,7 @@ class _Extractor:
 
     # ---- members ----------------------------------------------------------------------------
 
-    def _one(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _one(self, member: _Member, content: _Content) -> None:
         parts = self._split(member.name, "name")
         if not parts:
             if not member.isdir():
@@ -394,7 +703,7 @@ class _Extractor:
         if leaf.startswith(_WH_PREFIX):
             self._whiteout(parents, leaf)
         elif member.isreg():
-            self._regular(tf, member, parents, leaf, rel)
+            self._regular(content, member, parents, leaf, rel)
         elif member.isdir():
             self._directory(member, parents, leaf, rel)
         elif member.issym():
@@ -414,8 +723,8 @@ class _Extractor:
 
     def _regular(
         self,
-        tf: tarfile.TarFile,
-        member: tarfile.TarInfo,
+        content: _Content,
+        member: _Member,
         parents: list[bytes],
         leaf: bytes,
         rel: bytes,
@@ -424,7 +733,7 @@ class _Extractor:
         self._clear(pfd, rel, leaf)
         fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
         try:
-            src = tf.extractfile(member)
+            src = content(member)
             if src is None:  # pragma: no cover - isreg() members always have data
                 raise StoreError(f"layer {self.source}: no data for {member.name!r}")
             need = min(max(member.size, 1), CHUNK)
@@ -433,7 +742,7 @@ class _Extractor:
             view = memoryview(self._buf)
             total = 0
             while True:
-                n = src.readinto(view)  # type: ignore[attr-defined]
+                n = src.readinto(view)
                 if not n:
                     break
                 chunk = view[:n]
@@ -457,9 +766,7 @@ class _Extractor:
         self.state.created.add(rel)
         self.state.regular.add(rel)
 
-    def _directory(
-        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
-    ) -> None:
+    def _directory(self, member: _Member, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
         pfd = self._parent(parents)
         exists = rel in self.state.created
         if not exists or not stat.S_ISDIR(os.stat(leaf, dir_fd=pfd, follow_symlinks=False).st_mode):
@@ -478,9 +785,7 @@ class _Extractor:
             finally:
                 os.close(fd)
 
-    def _symlink(
-        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
-    ) -> None:
+    def _symlink(self, member: _Member, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
         target = os.fsencode(member.linkname)
         if not target:
             raise self.unsafe("symlink has an empty target")
@@ -511,9 +816,7 @@ class _Extractor:
         ns = _mtime_ns(member)
         os.utime(leaf, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
-    def _hardlink(
-        self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes
-    ) -> None:
+    def _hardlink(self, member: _Member, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
         tparts = self._split(member.linkname, "hardlink target")
         trel = _rel(tparts)
         if not tparts or trel not in self.state.regular:
@@ -538,7 +841,7 @@ class _Extractor:
         self.state.created.add(rel)
         self.state.regular.add(rel)
 
-    def _node(self, member: tarfile.TarInfo, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
+    def _node(self, member: _Member, parents: list[bytes], leaf: bytes, rel: bytes) -> None:
         pfd = self._parent(parents)
         self._clear(pfd, rel, leaf)
         if member.isfifo():
@@ -584,10 +887,10 @@ class _Extractor:
 
     # ---- metadata ---------------------------------------------------------------------------
 
-    def _dir_meta(self, member: tarfile.TarInfo) -> _DirMeta:
+    def _dir_meta(self, member: _Member) -> _DirMeta:
         return _DirMeta(member.mode & 0o7777, member.uid, member.gid, _mtime_ns(member))
 
-    def _xattrs(self, member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+    def _xattrs(self, member: _Member) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
         for key, value in member.pax_headers.items():
             if not key.startswith(_PAX_XATTR):
@@ -601,7 +904,7 @@ class _Extractor:
         out.sort()
         return out
 
-    def _set_xattrs(self, target: int | bytes, member: tarfile.TarInfo, rel: bytes) -> None:
+    def _set_xattrs(self, target: int | bytes, member: _Member, rel: bytes) -> None:
         for name, value in self._xattrs(member):
             try:
                 if isinstance(target, int):
@@ -661,7 +964,7 @@ class _Extractor:
                 os.close(fd)
 
 
-def _mtime_ns(member: tarfile.TarInfo) -> int:
+def _mtime_ns(member: _Member) -> int:
     mtime = member.mtime
     if isinstance(mtime, int):
         return mtime * 1_000_000_000
