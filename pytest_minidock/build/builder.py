@@ -290,7 +290,12 @@ class _Build:
         from pytest_minidock.store.blobs import remove_tree
 
         for path in self.temps:
-            remove_tree(path)
+            try:  # a temp file, or one the store has taken in already: no shutil for those
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:  # a directory (or what only the store's helper can remove)
+                remove_tree(path)
         if self._context is not None:
             self._context.stat_cache.save()
 

@@ -262,7 +262,9 @@ class StatCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(data, separators=(",", ":")))
-            os.replace(tmp, self.path)
+            with contextlib.suppress(FileNotFoundError):  # not renamed over it: see cache.put
+                os.unlink(self.path)
+            os.rename(tmp, self.path)
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -24,12 +24,10 @@ back onto disk for bind mounts.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import posixpath
 import re
 import stat
-import tarfile
 
 from pytest_minidock._record import dataclass, replace
 from pytest_minidock.build.context import (
@@ -42,9 +40,11 @@ from pytest_minidock.build.context import (
 from pytest_minidock.build.rootfs import clean_path
 from pytest_minidock.capabilities import host_root
 from pytest_minidock.errors import BuildError
+from pytest_minidock.store.layers import TAR_BLOCK, tar_header
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
+    import tarfile
     from collections.abc import Callable, Iterable
     from pathlib import Path
     from typing import IO, Literal
@@ -78,14 +78,14 @@ if TYPE_CHECKING:
 else:
     TarKind = str
 
-_TYPES: dict[str, bytes] = {
-    "file": tarfile.REGTYPE,
-    "dir": tarfile.DIRTYPE,
-    "symlink": tarfile.SYMTYPE,
-    "hardlink": tarfile.LNKTYPE,
-    "char": tarfile.CHRTYPE,
-    "block": tarfile.BLKTYPE,
-    "fifo": tarfile.FIFOTYPE,
+_TYPES: dict[str, bytes] = {  # tar typeflags (tarfile's REGTYPE, ...; not worth its import)
+    "file": b"0",
+    "dir": b"5",
+    "symlink": b"2",
+    "hardlink": b"1",
+    "char": b"3",
+    "block": b"4",
+    "fifo": b"6",
 }
 _CHUNK = 1 << 20
 
@@ -142,6 +142,14 @@ class LayerTree:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def tar_size(self) -> int:
+        """About how large the layer's tar is (PAX records for long names not counted)."""
+        total = 2 * TAR_BLOCK
+        for e in self.entries.values():
+            size = (len(e.data) if e.data is not None else e.size) if e.kind == "file" else 0
+            total += TAR_BLOCK + size + -size % TAR_BLOCK
+        return total
+
     def _hardlinks(self) -> dict[str, TarEntry]:
         """The entries with each hard-link group's data on the member that sorts first."""
         entries = dict(self.entries)
@@ -163,52 +171,78 @@ class LayerTree:
         return entries
 
     def write(self, out: IO[bytes], mtime: int) -> None:
-        """Write the layer tar (uncompressed) to ``out``: sorted, PAX, times set to ``mtime``."""
+        """Write the layer tar (uncompressed) to ``out``: sorted, PAX, times set to ``mtime``.
+
+        Encoded by ``store.layers.tar_header``, as the layers of ``RUN`` steps are (so neither
+        depends on how a Python version's ``tarfile`` happens to fill unused header fields)."""
         entries = self._hardlinks()
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(entries, key=os.fsencode):
-                entry = entries[path]
-                info = tarfile.TarInfo(path + "/" if entry.kind == "dir" else path)
-                info.type = _TYPES[entry.kind]
-                info.mode = entry.mode & 0o7777
-                info.uid, info.gid = entry.uid, entry.gid
-                info.uname = info.gname = ""
-                info.mtime = mtime
-                if entry.kind in ("symlink", "hardlink"):
-                    info.linkname = entry.link
-                if entry.kind in ("char", "block"):
-                    info.devmajor, info.devminor = os.major(entry.rdev), os.minor(entry.rdev)
-                if entry.kind != "file":
-                    tar.addfile(info)
-                    continue
-                if entry.data is not None:
-                    info.size = len(entry.data)
-                    tar.addfile(info, io.BytesIO(entry.data))
-                    continue
-                assert entry.host is not None
-                _add_host_file(tar, info, entry)
+        for path in sorted(entries, key=os.fsencode):
+            entry = entries[path]
+            kind = entry.kind
+            size = 0
+            if kind == "file":
+                size = len(entry.data) if entry.data is not None else entry.size
+            major = minor = 0
+            if kind in ("char", "block"):
+                major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+            out.write(
+                tar_header(
+                    os.fsencode(path + "/" if kind == "dir" else path),
+                    mode=entry.mode & 0o7777,
+                    uid=entry.uid,
+                    gid=entry.gid,
+                    size=size,
+                    mtime=mtime,
+                    typeflag=_TYPES[kind],
+                    linkname=os.fsencode(entry.link) if kind in ("symlink", "hardlink") else b"",
+                    devmajor=major,
+                    devminor=minor,
+                )
+            )
+            if kind != "file":
+                continue
+            if entry.data is not None:
+                out.write(entry.data)
+            else:
+                _copy_host_file(out, entry)
+            out.write(bytes(-size % TAR_BLOCK))
+        out.write(bytes(2 * TAR_BLOCK))  # the end of the archive
 
 
-def _add_host_file(tar: tarfile.TarFile, info: tarfile.TarInfo, entry: TarEntry) -> None:
+def _copy_host_file(out: IO[bytes], entry: TarEntry) -> None:
+    """Write the ``entry.size`` bytes of the host file ``entry.host`` to ``out``."""
     assert entry.host is not None
+    shown = os.fsdecode(entry.host)
     try:
         fd = os.open(entry.host, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
-        raise BuildError(f"cannot read {os.fsdecode(entry.host)}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
+        raise BuildError(f"cannot read {shown}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb", buffering=0) as f:
         size = os.fstat(fd).st_size
+        left = entry.size
+        while left and size == entry.size:
+            try:
+                chunk = f.read(min(left, _CHUNK))
+            except OSError as exc:
+                raise BuildError(f"cannot read {shown}: {exc.strerror or exc}") from exc
+            if not chunk:
+                size = entry.size - left  # it shrank
+                break
+            out.write(chunk)
+            left -= len(chunk)
         if size != entry.size:
             raise BuildError(
-                f"{os.fsdecode(entry.host)} changed while it was being copied "
+                f"{shown} changed while it was being copied "
                 f"({entry.size} bytes when hashed, {size} now); run the build again"
             )
-        info.size = size
-        tar.addfile(info, f)
 
 
 # -- ownership and modes -----------------------------------------------------------------------
 
-_NUMBER = re.compile(r"[0-9]+")
+
+def _number(text: str) -> bool:
+    """Whether ``text`` is a decimal number (ASCII digits only, as ``[0-9]+``)."""
+    return text.isascii() and text.isdigit()
 
 
 def _colon_file(data: bytes | None) -> list[list[str]]:
@@ -231,21 +265,21 @@ def resolve_owner(text: str, view: LayerView | None) -> Owner:
     user, _, group = text.partition(":")
     if not user:
         raise ValueError(f"invalid user {text!r}: expected user[:group]")
-    if _NUMBER.fullmatch(user):
+    if _number(user):
         uid = int(user)
     else:
         passwd = _colon_file(view.read_file("/etc/passwd") if view is not None else None)
         found = next((f for f in passwd if f[0] == user and len(f) > 3), None)
-        if found is None or not _NUMBER.fullmatch(found[2]):
+        if found is None or not _number(found[2]):
             raise ValueError(f"unable to find user {user}: no matching entries in passwd file")
         uid = int(found[2])
     if not group:
         return Owner(uid, uid)
-    if _NUMBER.fullmatch(group):
+    if _number(group):
         return Owner(uid, int(group))
     groups = _colon_file(view.read_file("/etc/group") if view is not None else None)
     match = next((f for f in groups if f[0] == group and len(f) > 2), None)
-    if match is None or not _NUMBER.fullmatch(match[2]):
+    if match is None or not _number(match[2]):
         raise ValueError(f"unable to find group {group}: no matching entries in group file")
     return Owner(uid, int(match[2]))
 
@@ -257,22 +291,19 @@ def resolve_user_ids(text: str, view: LayerView | None) -> Owner:
     uid, gid = 0, 0
     if user:
         passwd = _colon_file(view.read_file("/etc/passwd") if view is not None else None)
-        if _NUMBER.fullmatch(user):
+        if _number(user):
             uid = int(user)
             found = next((f for f in passwd if len(f) > 3 and f[2] == user), None)
         else:
             found = next((f for f in passwd if f[0] == user and len(f) > 3), None)
-            if found is None or not _NUMBER.fullmatch(found[2]):
+            if found is None or not _number(found[2]):
                 raise ValueError(f"unable to find user {user}: no matching entries in passwd file")
             uid = int(found[2])
-        if found is not None and _NUMBER.fullmatch(found[3]):
+        if found is not None and _number(found[3]):
             gid = int(found[3])
     if group:
         gid = resolve_owner(f"0:{group}", view).gid
     return Owner(uid, gid)
-
-
-_SYMBOLIC = re.compile(r"([ugoa]*)([-+=])([rwxXst]*)")
 
 
 def parse_chmod(text: str) -> Callable[[int, bool], int]:
@@ -283,7 +314,7 @@ def parse_chmod(text: str) -> Callable[[int, bool], int]:
         return lambda mode, is_dir: fixed
     clauses = []
     for clause in text.split(","):
-        match = _SYMBOLIC.fullmatch(clause)
+        match = re.fullmatch(r"([ugoa]*)([-+=])([rwxXst]*)", clause)
         if match is None or not clause:
             raise ValueError(
                 f"invalid --chmod={text}: use an octal mode like 0755 or symbolic like u+x,go-w"
@@ -450,6 +481,8 @@ def entries_from_archive(path: Path, spool: Path, what: str) -> tuple[TarEntry, 
     Names are cleaned (a leading ``/`` or ``./`` dropped); a name that climbs out with ``..``
     raises ``BuildError`` naming the member.
     """
+    import tarfile  # (only ADD of a local archive reads tars)
+
     from pytest_minidock.store.blobio import decompressing
 
     out: list[TarEntry] = []

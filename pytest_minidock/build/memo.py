@@ -177,7 +177,8 @@ def write(
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(marshal.dumps(memo))
-        os.replace(tmp, target)
+        _unlink(target)  # not renamed over it: see cache.BuildCache.put (a miss meanwhile)
+        os.rename(tmp, target)
     except OSError:
         _unlink(tmp)
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import time
@@ -54,6 +55,8 @@ else:
 __all__ = ["BuildServices", "Prepared", "State", "prepare", "write_layer"]
 
 _TAIL_LINES = 20
+_IN_MEMORY = 256 << 10
+"""Layer tars up to this size are made in memory, larger ones in a temp file."""
 
 
 class BuildServices(Protocol):
@@ -171,18 +174,20 @@ def _workdir(build: BuildServices, inst: Workdir, state: State) -> LayerRef | No
 
 
 def write_layer(build: BuildServices, tree: LayerTree, what: str) -> LayerRef:
-    """Write ``tree`` as a layer into the store (blob and snapshot)."""
-    tmp = build.temp("buildtar", directory=False)
+    """Write ``tree`` as a layer into the store (blob and snapshot); a small one (a
+    ``WORKDIR``, a ``COPY`` of a few small files) through memory, not a temp file."""
+    tmp = None if tree.tar_size() <= _IN_MEMORY else build.temp("buildtar", directory=False)
     try:
-        with open(tmp, "w+b") as f:
+        with io.BytesIO() if tmp is None else open(tmp, "w+b") as f:
             tree.write(f, _source_mtime())
             f.seek(0)
             blob = build.store.add_layer(f, source=what, unpack=True)
     except OSError as exc:
         raise BuildError(f"cannot write the layer of {what}: {exc.strerror or exc}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     desc = Descriptor(build.store.layer_media_type, blob.digest, blob.size)
     return LayerRef(desc, blob.diff_id)
 

@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_COMPRESSLEVEL",
     "MTIME_FROM_ENV",
     "OPAQUE_WHITEOUT",
+    "TAR_BLOCK",
     "WHITEOUT_PREFIX",
     "LayerBlob",
     "compress_tar",
@@ -62,6 +63,7 @@ __all__ = [
     "layer_from_dir",
     "layer_from_overlay_upper",
     "open_layer",
+    "tar_header",
 ]
 
 DEFAULT_COMPRESSLEVEL: Final = 1
@@ -72,7 +74,10 @@ speed for 14% more bytes, and a local store mostly writes and reads, it rarely s
 WHITEOUT_PREFIX: Final = ".wh."
 OPAQUE_WHITEOUT: Final = ".wh..wh..opq"
 
-_BLOCK: Final = 512  # tarfile.BLOCKSIZE, without importing tarfile
+TAR_BLOCK: Final = 512
+"""A tar block (``tarfile.BLOCKSIZE``, without importing tarfile): headers fill one, contents
+are padded to whole ones, two empty ones end the archive."""
+_BLOCK: Final = TAR_BLOCK
 _PAX_XATTR: Final = "SCHILY.xattr."
 
 # Overlay keeps its own bookkeeping in these namespaces; it never belongs in a layer.
@@ -601,7 +606,7 @@ def _ustar_block(
     return buf
 
 
-def _tar_header(
+def tar_header(
     name: bytes,
     *,
     mode: int = 0,
@@ -615,7 +620,11 @@ def _tar_header(
     devminor: int = 0,
     xattrs: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
-    """A ustar header, preceded by a PAX extended header when a field needs one."""
+    """A ustar header, preceded by a PAX extended header when a field needs one (a name or
+    link target longer than 100 bytes or not ASCII, a number too large for its field, xattrs).
+
+    The one tar writer of the package: the layers made here and the builder's ``COPY`` and
+    ``WORKDIR`` layers (``build.files``) are encoded the same way."""
     records: list[bytes] = []
     binary = False
     for key, value in ((b"path", name), (b"linkpath", linkname)):
@@ -672,7 +681,7 @@ def _write_items(items: list[_Item], sink: ChunkSink, clamp: int | None) -> None
         name = item.rel
         if item.kind is not _Kind.FILE:
             # Whiteouts and opaque markers: empty regular files, mode 0, owned by root.
-            sink.write(_tar_header(name, mtime=_tar_mtime(item.st, clamp)))
+            sink.write(tar_header(name, mtime=_tar_mtime(item.st, clamp)))
             continue
         st = item.st
         assert st is not None
@@ -705,7 +714,7 @@ def _write_items(items: list[_Item], sink: ChunkSink, clamp: int | None) -> None
         else:  # sockets and anything unknown are not part of an image
             continue
         sink.write(
-            _tar_header(
+            tar_header(
                 name,
                 mode=stat.S_IMODE(mode),
                 uid=st.st_uid,

@@ -249,6 +249,72 @@ def test_layers_are_sorted_reproducible_and_put_hardlink_data_first(tmp_path: Pa
         tree.write(io.BytesIO(), 0)
 
 
+def test_layer_tars_read_back_with_every_kind_of_member_and_long_odd_names(
+    tmp_path: Path,
+) -> None:
+    """The tar writer (``store.layers.tar_header``, not tarfile) as tarfile reads it back: PAX
+    records for long, non-ASCII and undecodable names and link targets and for large ids;
+    devices, fifos, symlinks, hard links; contents from memory and from host files."""
+    host = tmp_path / "big"
+    host.write_bytes(bytes(range(256)) * 5000)  # 1.28 MB: several read chunks, a padded tail
+    long = "d/" + "x" * 150
+    odd = "caf\u00e9/\udcff-raw"  # a non-ASCII name and one of undecodable bytes
+    tree = LayerTree()
+    tree.add(TarEntry("d", "dir", 0o2755, uid=3, gid=4))
+    tree.add(TarEntry(long, "file", 0o4750, uid=2**22, gid=7, size=2, data=b"hi"))
+    tree.add(TarEntry(odd, "file", 0o600, size=host.stat().st_size, host=os.fsencode(host)))
+    tree.add(TarEntry("d/ln", "symlink", 0o777, link="../" + "y" * 120))
+    tree.add(TarEntry("d/hard", "hardlink", 0o644, link=long))
+    tree.add(TarEntry("dev/null", "char", 0o666, rdev=os.makedev(1, 3)))
+    tree.add(TarEntry("dev/loop0", "block", 0o660, rdev=os.makedev(7, 0)))
+    tree.add(TarEntry("fifo", "fifo", 0o644))
+    tree.add(TarEntry("empty", "file", 0o644, data=b""))
+    buf = io.BytesIO()
+    tree.write(buf, 2**40)  # a time too large for its ustar field
+    data = buf.getvalue()
+    assert len(data) % 512 == 0
+    assert data.endswith(bytes(1024))
+    buf.seek(0)
+    got: dict[str, tuple[object, ...]] = {}
+    with tarfile.open(fileobj=buf, encoding="utf-8", errors="surrogateescape") as tar:
+        for m in tar:
+            body = tar.extractfile(m).read() if m.isreg() else None  # type: ignore[union-attr]
+            got[m.name] = (m.type, m.mode, m.uid, m.gid, m.mtime, m.linkname, body)
+            if m.isdev():
+                got[m.name] += (m.devmajor, m.devminor)
+    t = 2**40
+    assert list(got) == sorted(got, key=os.fsencode)
+    assert got["d"] == (tarfile.DIRTYPE, 0o2755, 3, 4, t, "", None)
+    # the hard link's data moved to the member that sorts first, d/hard; the file links to it
+    assert got["d/hard"] == (tarfile.REGTYPE, 0o4750, 2**22, 7, t, "", b"hi")
+    assert got[long][0] == tarfile.LNKTYPE
+    assert got[long][5] == "d/hard"
+    assert got[odd][0] == tarfile.REGTYPE
+    assert got[odd][6] == host.read_bytes()
+    assert got["d/ln"][:6] == (tarfile.SYMTYPE, 0o777, 0, 0, t, "../" + "y" * 120)
+    assert got["dev/null"][0] == tarfile.CHRTYPE
+    assert got["dev/null"][7:] == (1, 3)
+    assert got["dev/loop0"][0] == tarfile.BLKTYPE
+    assert got["dev/loop0"][7:] == (7, 0)
+    assert got["fifo"][0] == tarfile.FIFOTYPE
+    assert got["empty"][6] == b""
+
+
+def test_a_file_that_shrinks_while_copied_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("abc")
+    tree = LayerTree()
+    tree.add(TarEntry("f", "file", 0o644, size=3, host=os.fsencode(path)))
+
+    class Shrinking(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            path.write_text("")  # (after the header: the contents are read next)
+            return super().write(data)
+
+    with pytest.raises(BuildError, match="changed while it was being copied"):
+        tree.write(Shrinking(), 0)
+
+
 def test_a_changed_file_is_not_copied_with_a_stale_digest(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_text("longer now")
