@@ -18,4 +18,8 @@ Each module usable alone, none importing the runtime:
   says what its result rests on (``BuildResult.inputs``);
 * ``memo``: from that, build memos that let ``minidock build`` answer a rebuild nothing changed
   for without importing any of the above.
+
+Records a build makes a handful of (requests, results, plans, cache entries) are not slotted:
+``slots=True`` makes a record class about a third dearer to create, which every build pays at
+import; those made per context file or per layer entry are.
 """

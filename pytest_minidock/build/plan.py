@@ -81,7 +81,7 @@ def canonical_instruction(instruction: Instruction) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StepDefinition:
     """What defines one step, apart from the state it starts from."""
 
@@ -95,7 +95,7 @@ class StepDefinition:
     """True for ``COPY --link``: the layer does not depend on the image below it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PlannedStep:
     """A step's keys: ``key`` finds its layer in the build cache, ``chain`` is the image state
     after it (the parent of the next step). They differ only for an independent step."""

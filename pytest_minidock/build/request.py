@@ -47,7 +47,7 @@ def host_platform() -> str:
     return f"linux/{arch}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SecretSource:
     """Where a build secret comes from: a file, or an environment variable of the caller."""
 
@@ -66,7 +66,7 @@ class SecretSource:
         return value.encode()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BuildRequest:
     """What to build: ``docker build``'s arguments."""
 
@@ -88,7 +88,7 @@ class BuildRequest:
     """Dockerfile content given directly (``-f -``); ``dockerfile`` then only names it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StepReport:
     """One step of the build as it went: cached or executed, and how long it took."""
 
@@ -102,7 +102,7 @@ class StepReport:
     layer: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BuildInputs:
     """What a build's result rests on, for ``build.memo``: the signature of every context path
     it looked at (None: absent), the file clock when it started, the cache entries and blobs
@@ -120,7 +120,7 @@ class BuildInputs:
     it named."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BuildResult:
     """The image a build made and how each step went."""
 

@@ -28,7 +28,7 @@ else:
 __all__ = ["RunMount", "RunOutcome", "RunRequest", "StepRunner"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RunMount:
     """A mount for one ``RUN``: a host path bound at ``target``, or a tmpfs."""
 
@@ -40,7 +40,7 @@ class RunMount:
     """tmpfs options, e.g. ``size=67108864``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RunRequest:
     """Everything a ``StepRunner`` needs to run one ``RUN`` command."""
 
@@ -64,7 +64,7 @@ class RunRequest:
     """An identity for the image so far (recorded on the temporary container)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RunOutcome:
     """How a ``RUN`` ended: its exit code, and its layer when the exit code is 0."""
 

@@ -95,7 +95,7 @@ _HEREDOC_LEXER = Lexer(skip_process_quotes=True)
 Pairs = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Step:
     """One instruction of a stage after substitution, with the build arguments it depends on.
 
@@ -110,7 +110,7 @@ class Step:
     run_env: Pairs = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExpandedStage:
     """A stage after substitution: base image, platform and steps, plus what FROM used."""
 

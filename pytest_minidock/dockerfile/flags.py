@@ -113,7 +113,7 @@ def _unknown_flag(keyword: str, name: str, accepted: Mapping[str, FlagKind]) -> 
 # -- mounts ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class BindMount:
     """``--mount=type=bind``: a directory of the context (or of ``from_``) at ``target``."""
 
@@ -124,7 +124,7 @@ class BindMount:
     spec: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class CacheMount:
     """``--mount=type=cache``: a directory kept between builds, shared by ``id``."""
 
@@ -140,7 +140,7 @@ class CacheMount:
     spec: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TmpfsMount:
     """``--mount=type=tmpfs``: an empty tmpfs at ``target``, ``size`` bytes at most."""
 
@@ -149,7 +149,7 @@ class TmpfsMount:
     spec: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SecretMount:
     """``--mount=type=secret``: secret ``id`` as a file at ``target`` and/or in variable ``env``."""
 
@@ -163,7 +163,7 @@ class SecretMount:
     spec: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SshMount:
     """``--mount=type=ssh``: the SSH agent socket ``id``; ``target`` empty means the default."""
 
@@ -259,7 +259,7 @@ def _csv_fields(text: str) -> list[str]:
             return fields
 
 
-@dataclass(slots=True)
+@dataclass
 class _MountFields:
     type: str = "bind"
     source: str = ""

@@ -110,7 +110,7 @@ _INT32 = r"[+-]?[0-9]+"
 # -- values ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Location:
     """Where an instruction is: file, first and last line (1-based) and its first line's text."""
 
@@ -127,14 +127,14 @@ class Location:
         return f"{self.path}:{self.line}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ShellForm:
     """A command in shell form, run as ``SHELL + [command]`` (``/bin/sh -c command``)."""
 
     command: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExecForm:
     """A command in exec (JSON) form: the argv itself, no shell."""
 
@@ -144,7 +144,7 @@ class ExecForm:
 Command: TypeAlias = ShellForm | ExecForm
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KeyValue:
     """One ``key=value`` of ``ENV`` or ``LABEL`` (quotes and variables still as written)."""
 
@@ -152,7 +152,7 @@ class KeyValue:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ArgDecl:
     """One name of an ``ARG``, with its default value (``None``: declared without one)."""
 
@@ -160,7 +160,7 @@ class ArgDecl:
     default: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SourceContent:
     """A ``COPY``/``ADD`` source given inline as a heredoc: file ``path`` with ``data``.
 
@@ -176,7 +176,7 @@ class SourceContent:
 # -- instructions ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Instruction:
     """Base of every instruction: its ``keyword`` (class-level) and ``location``."""
 
@@ -184,7 +184,7 @@ class Instruction:
     location: Location
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class From(Instruction):
     """``FROM [--platform=P] base [AS name]``: starts a stage; ``name`` is lower-cased."""
 
@@ -194,7 +194,7 @@ class From(Instruction):
     platform: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Arg(Instruction):
     """``ARG name[=default] ...``."""
 
@@ -202,7 +202,7 @@ class Arg(Instruction):
     args: tuple[ArgDecl, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Env(Instruction):
     """``ENV key=value ...`` (or the legacy ``ENV key value``, ``legacy=True``)."""
 
@@ -211,7 +211,7 @@ class Env(Instruction):
     legacy: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Label(Instruction):
     """``LABEL key=value ...`` (or the legacy ``LABEL key value``, ``legacy=True``)."""
 
@@ -220,7 +220,7 @@ class Label(Instruction):
     legacy: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Maintainer(Instruction):
     """``MAINTAINER name`` (deprecated; docker turns it into the ``author`` field)."""
 
@@ -228,7 +228,7 @@ class Maintainer(Instruction):
     name: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Workdir(Instruction):
     """``WORKDIR path``."""
 
@@ -236,7 +236,7 @@ class Workdir(Instruction):
     path: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class User(Instruction):
     """``USER user[:group]``."""
 
@@ -244,7 +244,7 @@ class User(Instruction):
     user: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Run(Instruction):
     """``RUN [--mount=...] [--network=...] [--security=...] command``.
 
@@ -291,7 +291,7 @@ class Run(Instruction):
         return full
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Copy(Instruction):
     """``COPY [--from=] [--chown=] [--chmod=] [--link] [--parents] [--exclude=] src... dest``."""
 
@@ -307,7 +307,7 @@ class Copy(Instruction):
     excludes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Add(Instruction):
     """``ADD [--chown=] [--chmod=] [--link] [--keep-git-dir] [--checksum=] [--exclude=] src dest``.
 
@@ -326,7 +326,7 @@ class Add(Instruction):
     excludes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Cmd(Instruction):
     """``CMD ["exec", "form"]`` or ``CMD shell form``."""
 
@@ -334,7 +334,7 @@ class Cmd(Instruction):
     command: Command
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Entrypoint(Instruction):
     """``ENTRYPOINT ["exec", "form"]`` or ``ENTRYPOINT shell form``; ``[]`` resets it."""
 
@@ -342,7 +342,7 @@ class Entrypoint(Instruction):
     command: Command
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Shell(Instruction):
     """``SHELL ["executable", "parameters"]``: the shell for later shell-form commands."""
 
@@ -350,7 +350,7 @@ class Shell(Instruction):
     shell: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Expose(Instruction):
     """``EXPOSE port[/proto] ...``."""
 
@@ -358,7 +358,7 @@ class Expose(Instruction):
     ports: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Volume(Instruction):
     """``VOLUME path ...`` or ``VOLUME ["path", ...]``."""
 
@@ -366,7 +366,7 @@ class Volume(Instruction):
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Healthcheck(Instruction):
     """``HEALTHCHECK NONE`` or ``HEALTHCHECK [--interval=...] CMD command``.
 
@@ -383,7 +383,7 @@ class Healthcheck(Instruction):
     retries: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class StopSignal(Instruction):
     """``STOPSIGNAL signal``."""
 
@@ -391,7 +391,7 @@ class StopSignal(Instruction):
     signal: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Onbuild(Instruction):
     """``ONBUILD instruction``: ``trigger`` parsed, ``expression`` as stored in the image."""
 

@@ -93,7 +93,7 @@ _NOT_STRINGS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Heredoc:
     """A here-document named on an instruction line (``<<EOF``) and the content that followed.
 
@@ -113,7 +113,7 @@ class Heredoc:
         return chomp_heredoc(self.content) if self.chomp else self.content
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Directive:
     """A parser directive from the top of the file, e.g. ``# syntax=docker/dockerfile:1``."""
 
@@ -122,7 +122,7 @@ class Directive:
     line: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ParseWarning:
     """Something buildkit accepts but warns about (currently: empty continuation lines)."""
 
@@ -130,7 +130,7 @@ class ParseWarning:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Node:
     """One instruction as written: keyword, flags, arguments and where it is in the file.
 
@@ -165,7 +165,7 @@ class Node:
         return node.command in HEREDOC_INSTRUCTIONS and not node.json
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ParseResult:
     """A parsed Dockerfile: its nodes, directives, escape character, warnings and source lines."""
 

@@ -47,7 +47,7 @@ class _LexError(Exception):
     """A problem found while lexing one word; turned into ``DockerfileSyntaxError``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LexResult:
     """What lexing a word produced: the single string, the words, and the names looked up."""
 
@@ -57,7 +57,7 @@ class LexResult:
     unmatched: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Lexer:
     """A configured lexer; ``word()``/``words()``/``process()`` run it on one input."""
 

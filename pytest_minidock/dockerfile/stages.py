@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Stage:
     """One build stage: ``FROM base [AS name]`` and the instructions up to the next ``FROM``."""
 
@@ -54,7 +54,7 @@ class Stage:
         return self.name if self.name is not None else f"stage-{self.index}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Dockerfile:
     """A whole Dockerfile: global ``ARG`` lines, stages, escape character, directives, warnings."""
 
