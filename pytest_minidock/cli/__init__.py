@@ -146,7 +146,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def quick_args(arguments: Sequence[str]) -> Any | None:
-    """The parsed ``[--root DIR] run|create …`` without argparse (``cli.runflags``: the
+    """The parsed ``[--root DIR] run|create|build …`` without argparse (``cli.flags``: the
     everyday spellings of their flags), or None when argparse must parse ``arguments``."""
     root = None
     i = 0
@@ -154,19 +154,29 @@ def quick_args(arguments: Sequence[str]) -> Any | None:
         root, i = arguments[1], 2
     elif arguments[:1] and arguments[0].startswith("--root="):
         root, i = arguments[0][len("--root=") :], 1
-    if i >= len(arguments) or arguments[i] not in ("run", "create"):
+    command = arguments[i] if i < len(arguments) else ""
+    if command not in ("run", "create", "build"):
         return None
-    from pytest_minidock.cli.runflags import Args, quick_parse
+    from pytest_minidock.cli.flags import DETACH, RUN_FLAGS, Args, quick_parse
 
-    run = arguments[i] == "run"
-    values = quick_parse(arguments[i + 1 :], detach=run)
+    rest = arguments[i + 1 :]
+    if command == "build":
+        from pytest_minidock.cli import build
+
+        values = quick_parse(rest, build.BUILD_FLAGS, positional="context")
+        if values is None:
+            return None
+        return Args(root=root, func=build.cmd_build, **values)
+    run = command == "run"
+    values = quick_parse(rest, (*RUN_FLAGS, DETACH) if run else RUN_FLAGS, positional="image")
     if values is None:
         return None
     from pytest_minidock.cli import containers
 
     if not run:
         values["detach"] = True
-    return Args(root=root, func=containers.cmd_run if run else containers.cmd_create, **values)
+    func = containers.cmd_run if run else containers.cmd_create
+    return Args(root=root, func=func, error_code=125, **values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,12 +3,17 @@
 A rebuild that nothing changed for is answered from its memo (``build.memo``) before anything
 of the builder is imported; on that path this module imports nothing the interpreter has not
 loaded at start (not even ``typing``): each import there is a cost of every ``minidock build``.
+For the same reason ``cli.quick_args`` reads the everyday spellings of ``build``'s flags without
+argparse (which, with the ``re``, ``gettext`` and ``locale`` it imports, is about half of a
+rebuild answered from its memo); one table (``BUILD_FLAGS``) makes both parsers.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from pytest_minidock.cli.flags import Flag, add_flags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,7 +22,27 @@ if TYPE_CHECKING:
 
     from pytest_minidock.build.request import BuildResult
 
-__all__ = ["add_build_commands"]
+__all__ = ["BUILD_FLAGS", "add_build_commands"]
+
+BUILD_FLAGS: tuple[Flag, ...] = (
+    Flag(("-f", "--file"), "value", "the Dockerfile (default: CONTEXT/Dockerfile; - for stdin)"),
+    Flag(("-t", "--tag"), "append", "name the image NAME[:TAG]"),
+    Flag(("--build-arg",), "append", None, metavar="NAME=VALUE"),
+    Flag(("--target",), "value", "build this stage (by name or index) and what it needs"),
+    Flag(("--no-cache",), "flag", "run every step, use no cache"),
+    Flag(("--pull",), "flag", "pull base images even when present"),
+    Flag(
+        ("--network",),
+        "value",
+        "network of RUN steps: default (the bridge, as docker), none, host or a name",
+    ),
+    Flag(("--progress",), "choice", None, default="auto", choices=("auto", "plain", "tty")),
+    Flag(("-q", "--quiet"), "flag", "print only the image ID"),
+    Flag(("--secret",), "append", None, metavar="id=ID,src=FILE"),
+    Flag(("--platform",), "value", "target platform, e.g. linux/amd64"),
+)
+"""``build``'s options in help order (``cli.flags``: they make its argparse parser, and
+``cli.quick_args`` reads them without argparse)."""
 
 
 def _build_args(items: list[str]) -> dict[str, str]:
@@ -246,20 +271,7 @@ def cmd_builder_prune(args: argparse.Namespace) -> int:
 def add_build_commands(sub: Any) -> None:
     """Register ``build`` and ``builder`` on the ``minidock`` subcommand parser."""
     p = sub.add_parser("build", help="build an image from a Dockerfile")
-    p.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile; - for stdin)")
-    p.add_argument("-t", "--tag", action="append", default=[], help="name the image NAME[:TAG]")
-    p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--target", help="build this stage (by name or index) and what it needs")
-    p.add_argument("--no-cache", action="store_true", help="run every step, use no cache")
-    p.add_argument("--pull", action="store_true", help="pull base images even when present")
-    p.add_argument(
-        "--network",
-        help="network of RUN steps: default (the bridge, as docker), none, host or a name",
-    )
-    p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
-    p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE")
-    p.add_argument("--platform", help="target platform, e.g. linux/amd64")
+    add_flags(p, BUILD_FLAGS)
     p.add_argument("context", help="the build context directory")
     p.set_defaults(func=cmd_build)
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pytest_minidock.api import Engine
-    from pytest_minidock.cli.runflags import Args
+    from pytest_minidock.cli.flags import Args
     from pytest_minidock.runtime.state import ContainerRecord
     from pytest_minidock.spec import Overrides
 
@@ -160,7 +160,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.attach:  # docker attaches to the first container only
         record = engine.container(args.containers[0])
         spec = engine.runtime.spec_of(record)
-        from pytest_minidock.cli.runflags import Args
+        from pytest_minidock.cli.flags import Args
 
         ns = Args(interactive=args.interactive, tty=spec.tty)
         return _run_attached(engine, record.id, ns)
@@ -610,7 +610,7 @@ def _volume_users(engine: Engine, name: str) -> list[str]:
 def add_container_commands(sub: Any) -> None:
     import argparse
 
-    from pytest_minidock.cli.runflags import add_run_flags
+    from pytest_minidock.cli.flags import add_run_flags
 
     p = sub.add_parser("run", help="create and run a new container", add_help=False)
     add_run_flags(p, detach=True)

@@ -1,13 +1,15 @@
-"""The flags of ``run`` and ``create``: one table that builds their argparse parsers and that
-:func:`quick_parse` reads directly, so that an everyday ``minidock run`` starts without argparse.
+"""Flag tables: each builds a subcommand's argparse parser and is read directly by
+:func:`quick_parse`, so that an everyday ``minidock run``, ``create`` or ``build`` starts without
+argparse.
 
-Importing argparse (with the ``gettext`` and ``locale`` it pulls in) and building the ``run``
-parser costs a command ~10 ms here, a sixth of a ``minidock run --rm busybox true``.
-:func:`quick_parse` understands the common spellings of these flags (``--rm``, ``-it``,
-``-e K=V``, ``--name=web``, ``-p8080:80``) and returns None for anything else: ``--help``,
-an unknown or abbreviated option, a value that looks like an option (``-e -x``), ``--``, a
-number argparse would refuse. The caller then parses with argparse, which gives the same
-result or the usual usage error. ``tests/unit/test_runflags.py`` checks that both agree.
+Importing argparse (with the ``gettext`` and ``locale`` it pulls in) and building a parser
+costs a command ~10 ms here: a sixth of a ``minidock run --rm busybox true``, half of a
+``minidock build`` answered from its memo. :func:`quick_parse` understands the common
+spellings of flags (``--rm``, ``-it``, ``-e K=V``, ``--name=web``, ``-p8080:80``) and returns
+None for anything else: ``--help``, an unknown or abbreviated option, a value that looks like
+an option (``-e -x``), ``--``, a number or choice argparse would refuse. The caller then parses
+with argparse, which gives the same result or the usual usage error.
+``tests/unit/test_quick_flags.py`` and ``test_build_cli_quick.py`` check that both agree.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-__all__ = ["RUN_FLAGS", "Args", "Flag", "add_run_flags", "quick_parse"]
+__all__ = ["DETACH", "RUN_FLAGS", "Args", "Flag", "add_flags", "add_run_flags", "quick_parse"]
 
 
 class Flag:
-    """One option of ``run``: its spellings, where argparse stores it, and how it reads it.
+    """One option of a subcommand: its spellings, where argparse stores it, and how it reads it.
 
     ``kind`` is ``flag`` (store_true), ``value`` (store), ``append``, ``int`` (a value read with
     ``int``), ``choice`` (a value in ``choices``) or ``help``."""
@@ -33,7 +35,7 @@ class Flag:
         self,
         names: tuple[str, ...],
         kind: str,
-        help: str,
+        help: str | None,
         *,
         default: Any = None,
         choices: tuple[str, ...] = (),
@@ -100,12 +102,10 @@ RUN_FLAGS: tuple[Flag, ...] = (
 DETACH = Flag(("-d", "--detach"), "flag", "run in the background")
 
 
-def add_run_flags(p: argparse.ArgumentParser, *, detach: bool) -> None:
-    """Add :data:`RUN_FLAGS` (and ``-d`` for ``run``), the image and the command to ``p``."""
-    import argparse
-
-    for flag in (*RUN_FLAGS, DETACH) if detach else RUN_FLAGS:
-        kw: dict[str, Any] = {"help": flag.help}
+def add_flags(p: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    """Add ``flags`` to ``p`` as argparse options."""
+    for flag in flags:
+        kw: dict[str, Any] = {} if flag.help is None else {"help": flag.help}
         if flag.kind == "help":
             kw["action"] = "help"
         elif flag.kind == "flag":
@@ -121,6 +121,13 @@ def add_run_flags(p: argparse.ArgumentParser, *, detach: bool) -> None:
         if flag.metavar:
             kw["metavar"] = flag.metavar
         p.add_argument(*flag.names, **kw)
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, detach: bool) -> None:
+    """Add :data:`RUN_FLAGS` (and ``-d`` for ``run``), the image and the command to ``p``."""
+    import argparse
+
+    add_flags(p, (*RUN_FLAGS, DETACH) if detach else RUN_FLAGS)
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(error_code=125)
@@ -140,10 +147,10 @@ class Args:
         return f"Args({', '.join(f'{k}={v!r}' for k, v in sorted(self.__dict__.items()))})"
 
 
-def _table(detach: bool) -> tuple[dict[str, Flag], dict[str, Flag]]:
+def _table(flags: Sequence[Flag]) -> tuple[dict[str, Flag], dict[str, Flag]]:
     longs: dict[str, Flag] = {}
     shorts: dict[str, Flag] = {}
-    for flag in (*RUN_FLAGS, DETACH) if detach else RUN_FLAGS:
+    for flag in flags:
         for name in flag.names:
             if name.startswith("--"):
                 longs[name] = flag
@@ -152,12 +159,17 @@ def _table(detach: bool) -> tuple[dict[str, Flag], dict[str, Flag]]:
     return longs, shorts
 
 
-def quick_parse(argv: Sequence[str], *, detach: bool) -> dict[str, Any] | None:
-    """The values argparse would give for ``run``'s (``detach``) or ``create``'s arguments
-    ``argv`` (after the subcommand), or None to let argparse parse them."""
-    longs, shorts = _table(detach)
+def quick_parse(
+    argv: Sequence[str], flags: Sequence[Flag], *, positional: str
+) -> dict[str, Any] | None:
+    """The values argparse would give ``argv`` (a subcommand's arguments) for ``flags`` and
+    one positional, or None to let argparse parse them. ``positional`` is ``image`` for
+    ``run``/``create`` (the first argument that is not an option; all after it are the
+    ``command``, as argparse's ``REMAINDER`` has it) or another name for one argument that
+    options may follow (``build``'s ``context``)."""
+    longs, shorts = _table(flags)
     values: dict[str, Any] = {}
-    for option in (*RUN_FLAGS, DETACH) if detach else RUN_FLAGS:
+    for option in flags:
         if option.kind == "append":
             values[option.dest] = []
         elif option.kind == "flag":
@@ -169,12 +181,15 @@ def quick_parse(argv: Sequence[str], *, detach: bool) -> dict[str, Any] | None:
         arg = argv[i]
         i += 1
         if not arg.startswith("-"):
-            if "--" in argv[i:]:  # (argparse may drop it from the command)
-                return None
-            values["image"] = arg
-            values["command"] = list(argv[i:])
-            values["error_code"] = 125
-            return values
+            if positional in values:
+                return None  # a second one: argparse says so
+            values[positional] = arg
+            if positional == "image":
+                if "--" in argv[i:]:  # (argparse may drop it from the command)
+                    return None
+                values["command"] = list(argv[i:])
+                return values
+            continue
         if arg in {"-", "--"} or arg.startswith("---"):
             return None
         if arg.startswith("--"):
@@ -218,7 +233,7 @@ def quick_parse(argv: Sequence[str], *, detach: bool) -> dict[str, Any] | None:
             if not _store(values, flag, inline):
                 return None
             break
-    return None  # no image: argparse says so
+    return values if positional in values and positional != "image" else None
 
 
 def _store(values: dict[str, Any], flag: Flag, text: str) -> bool:

@@ -252,6 +252,7 @@ def test_the_memo_path_imports_nothing_the_cli_has_not() -> None:
         "pytest_minidock.build",
         "pytest_minidock.build.memo",
         "pytest_minidock.cli.build",
+        "pytest_minidock.cli.flags",
     ]
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_minidock.cli import build_parser, quick_args
-from pytest_minidock.cli.runflags import DETACH, RUN_FLAGS
+from pytest_minidock.cli.flags import DETACH, RUN_FLAGS
 
 
 def argparse_values(argv: list[str]) -> dict[str, object] | None:
