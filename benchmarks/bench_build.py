@@ -1,8 +1,8 @@
 """Dockerfile builds: cold, fully cached and after a COPY change; library, CLI, docker and podman.
 
 Run (as root): ``.venv/bin/python -m benchmarks.bench_build [--runs 10] [--files 10000]
-[--with-docker]``. Measures, in one run, the 6-step Dockerfile of issue 5 (``FROM busybox``,
-``WORKDIR``, ``COPY``, ``RUN``, ``ENV``, ``CMD``) on a store holding busybox:
+[--with-docker] [--baseline DIR]``. Measures, in one run, the 6-step Dockerfile of issue 5
+(``FROM busybox``, ``WORKDIR``, ``COPY``, ``RUN``, ``ENV``, ``CMD``) on a store holding busybox:
 
 1. ``Engine.build`` in-process: cold (``no_cache``: every step runs, the ``RUN`` in a
    container), fully cached, and after editing the COPYed file (which must re-run only the steps
@@ -11,7 +11,10 @@ Run (as root): ``.venv/bin/python -m benchmarks.bench_build [--runs 10] [--files
    checked too, from ``--progress plain``), each with its CPU time (user + sys of the command
    and its ``RUN`` container: steadier than wall time on a busy machine), and the fully cached
    one once more without the build memo (``MINIDOCK_BUILD_MEMO=0``: parse, plan and look every
-   step up);
+   step up). With ``--baseline DIR`` (another checkout, e.g. ``git archive HEAD | tar -x -C
+   DIR``) its ``minidock build`` runs too, round by round in alternating order with this one's
+   (its own context and tag, the same store), and the differences are given round by round:
+   a drift of the machine's speed weighs on both alike;
 3. ``docker build`` (BuildKit; a running dockerd, or ``--with-docker`` for a private one) and
    ``podman build`` (private ``--root``), the same three, when they are there;
 4. hashing a context of ``--files`` small files: files/s with no stat cache, then with it; a
@@ -196,6 +199,73 @@ def bench_commands(
     return [cold, cached, changed]
 
 
+class Checkout:
+    """A checkout whose ``minidock build`` section 2 times: its environment (``PYTHONPATH``),
+    its own build context and tag (two checkouts' images differ: one would untag the other's,
+    and its memo with it), and the CPU time of its runs."""
+
+    def __init__(self, name: str, env: dict[str, str], ctx: Path, tag: str) -> None:
+        self.name = name
+        self.env = env
+        self.ctx = ctx
+        self.tag = tag
+        self.cpu = ChildCpu()
+
+    def command(self, build: list[str], *extra: str) -> Callable[[], None]:
+        argv = [*build, "-t", self.tag, *extra, str(self.ctx)]
+
+        def run() -> None:
+            run_env(argv, self.env)
+
+        return run
+
+
+def bench_checkouts(
+    checkouts: list[Checkout], build: list[str], runs: int
+) -> dict[str, list[Timing]]:
+    """Cold, fully cached and after a COPY change, for each checkout: each round runs every
+    checkout once, in alternating order. The checkout's name -> its three timings."""
+    cases = (
+        ("cold (--no-cache)", ("--no-cache",), False),
+        ("fully cached", (), False),
+        ("after a COPY change", (), True),
+    )
+    walls: dict[tuple[str, str], list[float]] = {}
+    for case, extra, edit in cases:
+        runners = []
+        for c in checkouts:
+            label = f"{c.name}: {case}"
+            runners.append((c, label, c.cpu.wrap(label, c.command(build, *extra))))
+            walls[c.name, case] = []
+            if case == "fully cached":
+                c.command(build)()  # (the memo of this build)
+            else:
+                for _ in range(WARMUPS):
+                    c.command(build, *extra)()
+        for i in range(runs):
+            for c, _label, run in runners if i % 2 == 0 else runners[::-1]:
+                if edit:
+                    editor(c.ctx)()
+                t0 = time.perf_counter()
+                run()
+                walls[c.name, case].append(time.perf_counter() - t0)
+    return {
+        c.name: [Timing(f"{c.name}: {case}", tuple(walls[c.name, case])) for case, _, _ in cases]
+        for c in checkouts
+    }
+
+
+def paired(name: str, a: Timing | list[float], b: Timing | list[float]) -> str:
+    """The round-by-round differences ``a - b``: their median and quartiles, in ms."""
+    xs = a.samples if isinstance(a, Timing) else a
+    ys = b.samples if isinstance(b, Timing) else b
+    diffs = Timing(name, tuple(x - y for x, y in zip(xs, ys, strict=True)))
+    return (
+        f"{name:<44} p50 {diffs.median * 1000:+7.1f}ms   p25..p75 "
+        f"{diffs.pct(25) * 1000:+6.1f}..{diffs.pct(75) * 1000:+.1f}ms   n={len(xs)}"
+    )
+
+
 def bench_other(other: Other, work: Path, runs: int) -> list[Timing]:
     ctx = work / f"ctx-{other.name}"
     ctx.mkdir()
@@ -292,6 +362,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="section 2 also for the checkout in this directory, interleaved with this one",
+    )
+    parser.add_argument(
         "--with-docker",
         action="store_true",
         help="start a private dockerd for the docker rows (stopped again by PID)",
@@ -324,14 +400,37 @@ def main() -> None:
         CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
         CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         minidock = str(Path(sys.executable).parent / "minidock")
-        cli_ctx = work / "ctx-cli"
-        shutil.copytree(ctx, cli_ctx)
+        CHILD_ENV["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # this checkout
+        checkouts = [Checkout("minidock build", dict(CHILD_ENV), work / "ctx-cli", "bench:2")]
+        if args.baseline is not None:
+            base_env = {**CHILD_ENV, "PYTHONPATH": str(args.baseline.resolve())}
+            checkouts.append(Checkout("baseline build", base_env, work / "ctx-base", "bench:3"))
+        for c in checkouts:
+            shutil.copytree(ctx, c.ctx)
+        cli_ctx = checkouts[0].ctx
         cli_cmd = [minidock, "--root", str(root), "build", "-q", "-t", "bench:2"]
-        cpu = ChildCpu()
-        cli = bench_commands("minidock build", cli_cmd, cli_ctx, args.runs, ["--no-cache"], cpu=cpu)
-        for t in cli:
-            print(t.line())
-            print(cpu.timing(t.name).line())
+        timed = bench_checkouts(
+            checkouts, [minidock, "--root", str(root), "build", "-q"], args.runs
+        )
+        cli = timed["minidock build"]
+        cpu = checkouts[0].cpu
+        for c in checkouts:
+            for t in timed[c.name]:
+                print(t.line())
+                print(c.cpu.timing(t.name).line())
+        if args.baseline is not None:
+            print(f"this checkout - the baseline ({args.baseline}), round by round:")
+            base = checkouts[1]
+            for mine, theirs in zip(cli, timed[base.name], strict=True):
+                case = mine.name.split(": ", 1)[1]
+                print(paired(f"  {case}: wall", mine, theirs))
+                print(
+                    paired(
+                        f"  {case}: cpu",
+                        cpu.samples[mine.name],
+                        base.cpu.samples[theirs.name],
+                    )
+                )
         plain_env = {**CHILD_ENV, "MINIDOCK_BUILD_MEMO": "0"}
         nomemo = measure(
             "minidock build: fully cached, no memo",
@@ -395,7 +494,7 @@ def main() -> None:
             f"{BUILDKIT_COLD_MS:.0f}), fully cached {cli[1].median * 1000:.0f} ms (target <= "
             f"{TARGET_CACHED_CLI_MS:.0f}; {nomemo.median * 1000:.0f} ms without the memo; "
             f"importing the builder alone: {bare.median * 1000:.0f} ms), after a COPY change "
-            f"{cli[2].median * 1000:.0f} ms"
+            f"{cli[2].median * 1000:.0f} ms (cpu {cpu.timing(cli[2].name).median * 1000:.0f} ms)"
         )
         for timings in others:
             ratio_lines(cli, timings)
