@@ -157,9 +157,13 @@ class _StdlibFields:
         return out
 
 
+_CLASSVARS: Final = ("ClassVar", "typing.ClassVar", "Final", "typing.Final")
+_KW_ONLY: Final = ("KW_ONLY", "dataclasses.KW_ONLY")
+
+
 def _is_classvar(annotation: object) -> bool:
     if isinstance(annotation, str):
-        return annotation.startswith(("ClassVar", "typing.ClassVar", "Final", "typing.Final"))
+        return annotation.startswith(_CLASSVARS)
     origin = getattr(annotation, "__origin__", annotation)
     import typing
 
@@ -168,7 +172,7 @@ def _is_classvar(annotation: object) -> bool:
 
 def _check_annotation(cls: type, name: str, annotation: object) -> None:
     text = annotation if isinstance(annotation, str) else repr(annotation)
-    if "InitVar" in text or text in ("KW_ONLY", "dataclasses.KW_ONLY"):
+    if "InitVar" in text or text in _KW_ONLY:
         raise TypeError(f"{cls.__qualname__}.{name}: InitVar and KW_ONLY are not supported")
 
 
@@ -181,9 +185,17 @@ def _collect(cls: type, kw_only: bool) -> dict[str, Field]:
     # The class's own annotations, unevaluated (inspect.get_annotations would cost its import).
     annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
     for name, annotation in annotations.items():
-        if _is_classvar(annotation):
+        if (
+            type(annotation) is str
+        ):  # (the usual case, under ``from __future__ import annotations``)
+            if annotation.startswith(_CLASSVARS):
+                continue
+            if "InitVar" in annotation or annotation in _KW_ONLY:
+                _check_annotation(cls, name, annotation)
+        elif _is_classvar(annotation):
             continue
-        _check_annotation(cls, name, annotation)
+        else:
+            _check_annotation(cls, name, annotation)
         default = cls.__dict__.get(name, MISSING)
         if isinstance(default, Field):
             f = default
@@ -221,55 +233,20 @@ def _make_methods(
 ) -> dict[str, Any]:
     """Generate the methods and return those the class does not define. ``owner`` holds the
     class the methods belong to: ``_with_slots`` rebinds it to the slotted copy it makes."""
-    names: dict[str, Any] = {"_MISSING": MISSING, "_FACTORY": _FACTORY}
-    lines: list[str] = []
     own = cls.__dict__
-
-    if init and "__init__" not in own:
-        args: list[str] = []
-        kw: list[str] = []
-        body: list[str] = []
+    make_init = init and "__init__" not in own
+    if make_init:  # (checked now; the method itself is written at the first instance)
         seen_default = False
-        setter = "_setattr(self, {n!r}, {v})" if frozen else "self.{n} = {v}"
-        if frozen:
-            names["_setattr"] = object.__setattr__
         for f in all_fields.values():
-            n = f.name
-            if f.default_factory is not MISSING:
-                names[f"_dflt_{n}"] = f.default_factory
-                if f.init:
-                    value = f"_dflt_{n}() if {n} is _FACTORY else {n}"
-                    param = f"{n}=_FACTORY"
-                else:
-                    value = f"_dflt_{n}()"
-                    param = ""
-            elif f.default is not MISSING:
-                names[f"_dflt_{n}"] = f.default
-                value = n if f.init else f"_dflt_{n}"
-                param = f"{n}=_dflt_{n}" if f.init else ""
-            else:
-                if not f.init:
-                    continue
-                value = n
-                param = n
-            if param:
-                if f.kw_only:
-                    kw.append(param)
-                else:
-                    if "=" in param:
-                        seen_default = True
-                    elif seen_default:
-                        raise TypeError(
-                            f"non-default argument {n!r} follows default argument in "
-                            f"{cls.__qualname__}"
-                        )
-                    args.append(param)
-            body.append("  " + setter.format(n=n, v=value))
-        if hasattr(cls, "__post_init__"):
-            body.append("  self.__post_init__()")
-        signature = ", ".join(["self", *args, *(["*", *kw] if kw else [])])
-        lines.append(f"def __init__({signature}):")
-        lines.extend(body or ["  pass"])
+            if not f.init or f.kw_only:
+                continue
+            if f.default is not MISSING or f.default_factory is not MISSING:
+                seen_default = True
+            elif seen_default:
+                raise TypeError(
+                    f"non-default argument {f.name!r} follows default argument in "
+                    f"{cls.__qualname__}"
+                )
 
     methods: dict[str, Any] = {}
     if repr_ and "__repr__" not in own:
@@ -301,29 +278,72 @@ def _make_methods(
     for name, fn in methods.items():
         fn.__qualname__ = f"{cls.__qualname__}.{name}"
         fn.__module__ = cls.__module__
-    if lines:
-        methods["__init__"] = _deferred_init(cls, "\n".join(lines), names, owner)
+    if make_init:
+        methods["__init__"] = _deferred_init(cls, all_fields, frozen, owner)
     return methods
 
 
+def _init_source(
+    cls: type, all_fields: dict[str, Field], frozen: bool
+) -> tuple[str, dict[str, Any]]:
+    """The source of a record's ``__init__`` and the names it uses (defaults, factories)."""
+    names: dict[str, Any] = {"_MISSING": MISSING, "_FACTORY": _FACTORY}
+    args: list[str] = []
+    kw: list[str] = []
+    body: list[str] = []
+    setter = "_setattr(self, {n!r}, {v})" if frozen else "self.{n} = {v}"
+    if frozen:
+        names["_setattr"] = object.__setattr__
+    for f in all_fields.values():
+        n = f.name
+        if f.default_factory is not MISSING:
+            names[f"_dflt_{n}"] = f.default_factory
+            if f.init:
+                value = f"_dflt_{n}() if {n} is _FACTORY else {n}"
+                param = f"{n}=_FACTORY"
+            else:
+                value = f"_dflt_{n}()"
+                param = ""
+        elif f.default is not MISSING:
+            names[f"_dflt_{n}"] = f.default
+            value = n if f.init else f"_dflt_{n}"
+            param = f"{n}=_dflt_{n}" if f.init else ""
+        else:
+            if not f.init:
+                continue
+            value = n
+            param = n
+        if param:
+            (kw if f.kw_only else args).append(param)
+        body.append("  " + setter.format(n=n, v=value))
+    if hasattr(cls, "__post_init__"):
+        body.append("  self.__post_init__()")
+    signature = ", ".join(["self", *args, *(["*", *kw] if kw else [])])
+    return "\n".join([f"def __init__({signature}):", *(body or ["  pass"])]), names
+
+
 def _deferred_init(
-    cls: type, source: str, names: dict[str, Any], owner: list[type]
+    cls: type, all_fields: dict[str, Field], frozen: bool, owner: list[type]
 ) -> Callable[..., None]:
-    """An ``__init__`` that compiles the record's real one on the first call and puts it in
-    its place (on ``owner[0]``: the slotted copy when ``slots=True`` makes one). Compiling
-    costs ~0.15 ms a class, and a command imports many record classes it never instantiates."""
+    """An ``__init__`` that writes and compiles the record's real one on the first call and
+    puts it in its place (on ``owner[0]``: the slotted copy when ``slots=True`` makes one).
+    Compiling costs ~0.15 ms a class, writing the source a few µs a field, and a command
+    imports many record classes it never instantiates."""
     qualname = f"{cls.__qualname__}.__init__"
     module = cls.__module__
+    made: list[Callable[..., None]] = []
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         target = owner[0]
         real = target.__dict__.get("__init__")
         if real is __init__ or real is None:
-            if "__init__" not in names:
+            if not made:
+                source, names = _init_source(target, all_fields, frozen)
                 exec(_init_code(source), names)  # generated from field names only
                 names["__init__"].__qualname__ = qualname
                 names["__init__"].__module__ = module
-            real = names["__init__"]
+                made.append(names["__init__"])
+            real = made[0]
             if target.__dict__.get("__init__") is __init__:
                 type.__setattr__(target, "__init__", real)
         real(self, *args, **kwargs)
