@@ -43,7 +43,10 @@ The container's side is configured through a socket opened in its namespace by a
 that ``setns()``-es there and back, so no process is forked and the calling thread never changes
 namespace. Its ``eth0`` gets no IPv6 address (as docker's IPv4-only networks), and host ends are in
 hairpin mode. A link is deleted by a daemon thread while the caller waits only until the kernel
-announces it gone (~2 ms of the ~20 ms it takes: the rest is an RCU grace period).
+announces it gone (~2 ms of the ~20 ms it takes: the rest is an RCU grace period). The veth of a
+container leaving its network is not deleted at all once its namespace is dead (the kernel deletes
+the pair with it: ``release_link``), and the pytest plugin's removals do not wait for the rest
+(``releases_in_background``, ``settle``).
 
 A container being started is attached in two halves (``lease``, then ``connect``) so that its
 lease, forwarded ports and /etc/hosts lines are written while its process is being made, and only
@@ -126,8 +129,10 @@ __all__ = [
     "check_subnet",
     "choose_subnet",
     "mac_for",
+    "releases_in_background",
     "render_hosts",
     "render_ruleset",
+    "settle",
     "strip_managed",
     "veth_name",
 ]
@@ -633,7 +638,11 @@ _RTMGRP_LINK: Final = 1
 _IFF_UP: Final = 1
 _CLONE_NEWNET: Final = 0x40000000
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
-_IFLA_LINKINFO, _IFLA_AF_SPEC, _IFLA_NET_NS_FD = 18, 26, 28
+_IFLA_LINKINFO, _IFLA_AF_SPEC, _IFLA_NET_NS_FD, _IFLA_LINK_NETNSID = 18, 26, 28, 37
+_NSID_GONE: Final = -1
+"""``IFLA_LINK_NETNSID`` of a link whose peer's network namespace is dead (being cleaned up)."""
+_RTM_NEWNSID, _RTM_GETNSID, _NETNSA_NSID = 88, 90, 1
+_RTGENMSG: Final = struct.pack("=Bxxx", 0)  # rtgenmsg (AF_UNSPEC), padded
 _IFINFO: Final = struct.Struct("=BxHiII")
 _IFADDR: Final = struct.Struct("=BBBBi")
 _RTMSG: Final = struct.Struct("=BBBBBBBBI")
@@ -753,6 +762,78 @@ def _in_background(work: Callable[[], None]) -> Callable[[], None]:
     return join
 
 
+_unwaited = _thread._local()
+"""Per thread: the depth of ``releases_in_background`` in effect, and the process's pid."""
+_pending_lock = _thread.allocate_lock()
+_pending: list[tuple[int, Callable[[], None]]] = []
+"""(pid, join) of the veth deletions left running by ``releases_in_background`` (``settle``;
+a forked child has none of their threads)."""
+_settled_at_exit: list[int] = []
+"""The pid of the process that registered ``settle`` to run at its exit."""
+
+
+@contextlib.contextmanager
+def releases_in_background() -> Iterator[None]:
+    """Within this, in the calling thread, the veth of a container leaving its network
+    (``LinuxKernel.release_link``: ``Networks.detach``, as a removal does) is deleted by a
+    thread that nobody waits for, where ``detach`` otherwise returns once the kernel has unlisted
+    it: ~2-10 ms after the request, the time of an RCU grace period (``synchronize_net``), which
+    a removal spent waiting. The requests are made as the (outermost) block ends, after the
+    rest of the removal (the kernel's work would compete with it). ``settle`` waits for those
+    threads, and so does this process's exit. Meanwhile the link may still be listed (its name
+    still taken: ``add_endpoint`` makes way for a new one of the same name). A deletion that
+    fails is left to the kernel: the pair goes with the container's network namespace. The
+    pytest plugin removes its containers so, and settles as the session ends."""
+    depth = _unwaited_depth()
+    if not depth:
+        _unwaited.later = []
+    _unwaited.depth, _unwaited.pid = depth + 1, os.getpid()
+    try:
+        yield
+    finally:
+        _unwaited.depth = depth
+        if not depth:  # the outermost: now the deletions, not to compete with the rest
+            later: list[tuple[int, str]] = _unwaited.later
+            _unwaited.later = []
+            for index, name in later:
+                _delete_unwaited(index, name)
+
+
+def _unwaited_depth() -> int:
+    depth: int = getattr(_unwaited, "depth", 0)
+    return depth if getattr(_unwaited, "pid", 0) == os.getpid() else 0
+
+
+def settle() -> None:
+    """Wait for the veth deletions that ``releases_in_background`` left running."""
+    me = os.getpid()
+    while True:
+        with _pending_lock:
+            mine = [i for i, (pid, _) in enumerate(_pending) if pid == me]
+            if not mine:
+                return
+            _, join = _pending.pop(mine[-1])
+        join()
+
+
+def _delete_unwaited(index: int, name: str) -> None:
+    """Delete link ``index`` (``name``) in a thread; ``settle`` (and the exit) wait for it."""
+
+    def delete() -> None:
+        with contextlib.suppress(OSError), _Netlink.open() as nl:
+            nl.request(f"deleting {name}", (_link(index), _RTM_DELLINK, 0))
+
+    join = _in_background(delete)
+    me = os.getpid()
+    with _pending_lock:
+        _pending.append((me, join))
+        first, _settled_at_exit[:] = me not in _settled_at_exit, [me]
+    if first:
+        import atexit
+
+        atexit.register(settle)
+
+
 class _Netlink:
     """An rtnetlink socket in the namespace it was opened in (``groups``: the multicast groups
     it listens to as well)."""
@@ -836,6 +917,14 @@ class _Netlink:
                 out.append(chunk)
 
     def link_index(self, name: str) -> int | None:
+        found = self.link(name)
+        return found[0] if found is not None else None
+
+    def link(self, name: str) -> tuple[int, int | None] | None:
+        """(index, ``IFLA_LINK_NETNSID``) of link ``name``, None if there is none. The ID is
+        that of the namespace of its peer (a veth's other end) as this namespace knows it: None
+        for a link without a peer elsewhere, ``_NSID_GONE`` once the peer's namespace is dead
+        (the kernel deletes the pair with it, a few ms later)."""
         seq = self.nl.seq()
         body = _link(0, attr_str(_IFLA_IFNAME, name))
         self.nl.sock.send(message(_RTM_GETLINK, NLM_F_REQUEST, seq, body))
@@ -844,12 +933,38 @@ class _Netlink:
                 if s != seq:
                     continue
                 if t == _RTM_NEWLINK:
-                    return int(struct.unpack_from("=i", chunk, 20)[0])
+                    index = int(struct.unpack_from("=i", chunk, 20)[0])
+                    nsid = attributes(chunk, 16 + _IFINFO.size).get(_IFLA_LINK_NETNSID)
+                    peer = (
+                        int(struct.unpack_from("=i", nsid)[0]) if nsid and len(nsid) >= 4 else None
+                    )
+                    return index, peer
                 if t == NLMSG_ERROR:
                     code = error_of(chunk)
                     if code == errno.ENODEV:
                         return None
                     raise OSError(code, f"{os.strerror(code)} (looking up {name})")
+
+    def peer_gone(self, nsid: int | None) -> bool:
+        """Whether the network namespace of ID ``nsid`` (a link's peer's, see ``link``) is dead:
+        unhashed already (``_NSID_GONE``), or its last reference is gone and its clean-up not
+        started yet (``RTM_GETNSID`` finds no live namespace of that ID). The kernel then deletes
+        the links in it, and their peers, on its own. None (no peer elsewhere): False."""
+        if nsid is None:
+            return False
+        if nsid == _NSID_GONE:
+            return True
+        seq = self.nl.seq()
+        body = _RTGENMSG + attr(_NETNSA_NSID, struct.pack("=i", nsid))
+        self.nl.sock.send(message(_RTM_GETNSID, NLM_F_REQUEST, seq, body))
+        while True:
+            for t, s, chunk in chunks(self.nl.recv()):
+                if s != seq:
+                    continue
+                if t == _RTM_NEWNSID:
+                    return False
+                if t == NLMSG_ERROR:
+                    return error_of(chunk) == errno.ENOENT
 
     def wait_deleted(self, index: int, done: Callable[[], bool], timeout: float = 30) -> None:
         """Until the kernel announces that link ``index`` is gone (``RTM_DELLINK`` to the link
@@ -948,9 +1063,30 @@ class LinuxKernel:
         listing (``netdev_run_todo`` waits for an RCU grace period before freeing it): a daemon
         thread makes the request and waits for that, while this one returns as soon as the
         kernel announces the deletion (~2 ms; the name is free again by then)."""
+        self._delete(name, dying=False)
+
+    def release_link(self, name: str) -> None:
+        """``delete_link`` for a veth whose name is not needed again soon (a container leaving
+        its network): when its peer's network namespace is dead already (the container has
+        exited), the kernel is deleting the pair with that namespace, so nothing is asked and
+        nothing waited for (that deletion waits for an RCU grace period first: ~4-10 ms, which
+        a removal spent waiting); the name may stay taken for those ms (``add_endpoint`` makes
+        way for a new link of the same name). Otherwise as ``delete_link``."""
+        self._delete(name, dying=True)
+
+    def _delete(self, name: str, *, dying: bool) -> None:
+        if dying and _unwaited_depth():  # (releases_in_background)
+            with _Netlink.open() as nl:
+                found = nl.link(name)
+                if found is not None and not nl.peer_gone(found[1]):
+                    _unwaited.later.append((found[0], name))
+            return
         with _Netlink.open(groups=_RTMGRP_LINK) as watch:
-            index = watch.link_index(name)
-            if index is None:
+            found = watch.link(name)
+            if found is None:
+                return
+            index, peer_ns = found
+            if dying and watch.peer_gone(peer_ns):
                 return
             box: list[BaseException | None] = []
 
@@ -1019,8 +1155,7 @@ class LinuxKernel:
                     # out its port (IFLA_INFO_SLAVE_DATA { IFLA_BRPORT_MODE }, as `ip link set
                     # dev X type bridge_slave hairpin on`)
                     hairpin = attr_str(4, "bridge") + attr(5, attr(4, b"\x01"))
-                    nl.request(
-                        f"creating veth {host_ifname}",
+                    create = (
                         (body, _RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL),
                         (
                             _link(
@@ -1032,6 +1167,13 @@ class LinuxKernel:
                             0,
                         ),
                     )
+                    try:
+                        nl.request(f"creating veth {host_ifname}", *create)
+                    except FileExistsError:
+                        # this container's veth on this network, left: by a ``release_link``
+                        # whose namespace is still being cleaned up, or a crash; gone, then again
+                        self.delete_link(host_ifname)
+                        nl.request(f"creating veth {host_ifname}", *create)
             except BaseException:
                 with contextlib.suppress(BaseException):
                     inner_socket().close()
@@ -1665,8 +1807,10 @@ class Networks:
     ) -> None:
         """Delete the endpoint's veth and lease and its ports (with ``nft``, their rules too;
         without, the caller renders the table afterwards)."""
+        # (a kernel seam without ``release_link``, such as the rootless holder's: delete_link)
+        release = getattr(self.kernel, "release_link", None) or self.kernel.delete_link
         try:
-            self.kernel.delete_link(ep.host_ifname)
+            release(ep.host_ifname)
         except OSError as exc:
             raise NetworkError(f"cannot delete veth {ep.host_ifname}: {exc}") from exc
         net = state.find(net.id)
