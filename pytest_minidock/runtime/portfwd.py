@@ -30,13 +30,17 @@ import os
 import selectors
 import socket
 import struct
-import threading
-from typing import TYPE_CHECKING, Any, Final
+import sys
 
 from pytest_minidock.errors import RuntimeFailure
 
+# Neither ``typing`` nor ``threading`` at import: a launcher (``python -S``) imports this module
+# for its first container with published ports, and those two cost it ~10 ms (the threads are
+# made, and ``threading`` imported, only by a relay or connector).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any, Final
 
 __all__ = [
     "Connector",
@@ -110,6 +114,8 @@ class Connector:
     it is started by ``enter`` (e.g. ``setns`` to a netns file), called in the thread first."""
 
     def __init__(self, enter: Callable[[], None]) -> None:
+        import threading
+
         self._outside, self._inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._lock = threading.Lock()
         ready = threading.Event()
@@ -208,6 +214,8 @@ class Relay:
         paused: bool = False,
         enter: Callable[[], None] | None = None,
     ) -> None:
+        import threading
+
         self._connector = connector
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -283,6 +291,8 @@ class Relay:
     def withdraw(self, group: str, timeout: float = 5.0) -> None:
         """Stop relaying ``group``'s host sockets and close them and its connections (done by
         the relay's thread; returns once it is)."""
+        import threading
+
         done = threading.Event()
 
         def drop() -> None:
@@ -568,9 +578,10 @@ def relay_published(
     result when the container has exited, before its port sockets are closed."""
     if not port_fds:
         return None
-    from pytest_minidock.runtime import holder
-
-    if not holder.joined():
+    # not imported: not joined either (a root owner's monitor or launcher forwards its ports
+    # through nftables and spares its start the import, ~1-2 ms)
+    holder = sys.modules.get("pytest_minidock.runtime.holder")
+    if holder is None or not holder.joined():
         return None
     from pytest_minidock.runtime.network import Networks
 
