@@ -212,6 +212,15 @@ def pytest_runtest_makereport(
     return report
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The last test's teardown ends the session's fixtures too: their containers are then
+    removed in place (see ``MinidockSession.ending``)."""
+    ms = item.config.stash.get(SESSION, None)
+    if ms is not None:
+        ms.ending = nextitem is None
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """After the session fixtures' teardown: an xdist worker sends its numbers to the controller."""

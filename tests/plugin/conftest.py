@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-import pytest_minidock.fixtures  # noqa: F401 - loaded once: in-process inner runs share its classes
+# Loaded once: in-process inner runs share their classes. A module first imported by an inner
+# run is dropped after it (pytester restores sys.modules): the rootless holder's connection
+# (``holder._Client``) of that copy with it, unclosed, a ResourceWarning that fails whichever
+# later test the garbage collector finds it in.
+import pytest_minidock.fixtures
+import pytest_minidock.runtime.holder
+import pytest_minidock.runtime.network  # noqa: F401
 from pytest_minidock.api import Engine
 from pytest_minidock.errors import MinidockError
 from pytest_minidock.image.changes import apply_changes

@@ -143,6 +143,9 @@ def slow_remove(self):  # removals take their time: a newer container would over
 
 Container.remove = slow_remove
 
+def pytest_unconfigure(config):  # (the session runs in the test's process: put it back)
+    Container.remove = _remove
+
 SERVE = {httpd!r}
 web = container("busybox", command=["sh", "-c", SERVE], ports=[8080])
 client = container("busybox", command="sleep 600", wait=wait.none(), links=[web])
@@ -289,6 +292,9 @@ def failing_remove(self):  # removed all the same, then fails
     raise OSError("disk on fire")
 
 Container.remove = failing_remove
+
+def pytest_unconfigure(config):  # (the session runs in the test's process: put it back)
+    Container.remove = _remove
 
 box = container("busybox", command="sleep 600", wait=wait.none(), scope="session")
 """
