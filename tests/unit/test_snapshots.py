@@ -17,6 +17,7 @@ from pytest_minidock.store.layers import open_layer
 from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 from tests.support import tars
 from tests.support.tars import Member, T, d, dev, f, hard, sym, tar_bytes
+from tests.support.trees import listing
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,27 +31,6 @@ SOURCE = "sha256:feedface"
 
 def _extract(dest: Path, *members: Member, policy: ExtractPolicy = ROOTLESS) -> int:
     return extract_layer(io.BytesIO(tar_bytes(*members)), dest, policy=policy, source=SOURCE)
-
-
-def _listing(root: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
-    """Every path below ``root`` (and ``root``) with type, mode and content or link target."""
-    out: dict[str, tuple[int, int, bytes | str | None]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            detail: bytes | str | None = None
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as fh:
-                    detail = fh.read()
-            elif stat.S_ISLNK(st.st_mode):
-                detail = os.readlink(path)
-            out[os.path.normpath(os.path.relpath(path, root))] = (
-                st.st_mode,
-                st.st_mtime_ns,
-                detail,
-            )
-    return out
 
 
 @pytest.fixture
@@ -305,13 +285,13 @@ def test_malicious_layer_is_refused_and_nothing_leaks(host: Path, case: str) -> 
         info.name = info.name.replace("{host}", str(host))
         info.linkname = info.linkname.replace("{host}", str(host))
         fixed.append((info, data))
-    before = _listing(host)
+    before = listing(host)
     dest = host / "dest"
     with pytest.raises(UnsafeLayer, match=reason) as err:
         _extract(dest, *fixed)
     assert SOURCE in str(err.value)
     assert os.listdir(dest) == []
-    after = _listing(host)
+    after = listing(host)
     del before["dest"], after["dest"]  # its mtime moved: things were made in it, then removed
     assert after == before  # nothing appeared or changed around dest
     assert (host / "outside" / "sentinel.txt").read_bytes() == b"precious"

@@ -19,6 +19,7 @@ from pytest_minidock.store import snapshots
 from pytest_minidock.store.snapshots import ExtractPolicy, extract_layer
 from tests.support import tars
 from tests.support.tars import Member, d, f, hard, sym
+from tests.support.trees import Entry, listing
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,25 +60,13 @@ def _members() -> list[Member]:
     ]
 
 
-def _listing(root: Path) -> dict[str, tuple[int, int, bytes | str | None, list[str]]]:
-    out = {}
+def _listing(root: Path) -> dict[str, Entry]:
     recent = time.time_ns() - 3600 * 10**9
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            detail: bytes | str | None = None
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as fh:
-                    detail = fh.read()
-            elif stat.S_ISLNK(st.st_mode):
-                detail = os.readlink(path)
-            xattrs = [] if stat.S_ISLNK(st.st_mode) else sorted(os.listxattr(path))
-            rel = os.path.normpath(os.path.relpath(path, root))
-            # directories the tar does not list are made now: their times differ
-            mtime = st.st_mtime_ns if st.st_mtime_ns < recent else 0
-            out[rel] = (st.st_mode, mtime, detail, xattrs)
-    return out
+    # directories the tar does not list are made now: their times differ
+    return {
+        rel: (mode, mtime if mtime < recent else 0, detail, xattrs)
+        for rel, (mode, mtime, detail, xattrs) in listing(root).items()
+    }
 
 
 def _extract(tmp_path: Path, name: str, data: bytes) -> dict[str, object]:
