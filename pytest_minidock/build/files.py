@@ -40,7 +40,7 @@ from pytest_minidock.build.context import (
 from pytest_minidock.build.rootfs import clean_path
 from pytest_minidock.capabilities import host_root
 from pytest_minidock.errors import BuildError
-from pytest_minidock.store.layers import TAR_BLOCK, tar_header
+from pytest_minidock.store.layers import TAR_BLOCK, TAR_TYPES, tar_header
 
 TYPE_CHECKING = False  # not ``typing``'s: importing typing costs a command ~6 ms
 if TYPE_CHECKING:
@@ -78,15 +78,6 @@ if TYPE_CHECKING:
 else:
     TarKind = str
 
-_TYPES: dict[str, bytes] = {  # tar typeflags (tarfile's REGTYPE, ...; not worth its import)
-    "file": b"0",
-    "dir": b"5",
-    "symlink": b"2",
-    "hardlink": b"1",
-    "char": b"3",
-    "block": b"4",
-    "fifo": b"6",
-}
 _CHUNK = 1 << 20
 
 
@@ -193,7 +184,7 @@ class LayerTree:
                     gid=entry.gid,
                     size=size,
                     mtime=mtime,
-                    typeflag=_TYPES[kind],
+                    typeflag=TAR_TYPES[kind],
                     linkname=os.fsencode(entry.link) if kind in ("symlink", "hardlink") else b"",
                     devmajor=major,
                     devminor=minor,

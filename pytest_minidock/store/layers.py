@@ -54,6 +54,7 @@ __all__ = [
     "MTIME_FROM_ENV",
     "OPAQUE_WHITEOUT",
     "TAR_BLOCK",
+    "TAR_TYPES",
     "WHITEOUT_PREFIX",
     "LayerBlob",
     "compress_tar",
@@ -545,13 +546,23 @@ def _tar_mtime(st: os.stat_result | None, clamp: int | None) -> int:
 
 _OCTAL_LIMIT_8: Final = 8**7  # largest value + 1 that fits a 7-digit octal field (uid, gid)
 _OCTAL_LIMIT_12: Final = 8**11  # the same for the 11-digit fields (size, mtime)
-_TYPE_REG: Final = b"0"
-_TYPE_LINK: Final = b"1"
-_TYPE_SYMLINK: Final = b"2"
-_TYPE_CHR: Final = b"3"
-_TYPE_BLK: Final = b"4"
-_TYPE_DIR: Final = b"5"
-_TYPE_FIFO: Final = b"6"
+TAR_TYPES: Final = {
+    "file": b"0",
+    "hardlink": b"1",
+    "symlink": b"2",
+    "char": b"3",
+    "block": b"4",
+    "dir": b"5",
+    "fifo": b"6",
+}
+"""The tar typeflag of each kind of member (``tarfile``'s REGTYPE, LNKTYPE, ...)."""
+_TYPE_REG: Final = TAR_TYPES["file"]
+_TYPE_LINK: Final = TAR_TYPES["hardlink"]
+_TYPE_SYMLINK: Final = TAR_TYPES["symlink"]
+_TYPE_CHR: Final = TAR_TYPES["char"]
+_TYPE_BLK: Final = TAR_TYPES["block"]
+_TYPE_DIR: Final = TAR_TYPES["dir"]
+_TYPE_FIFO: Final = TAR_TYPES["fifo"]
 _TYPE_PAX: Final = b"x"
 
 
