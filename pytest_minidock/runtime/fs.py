@@ -140,23 +140,14 @@ def _enter(record: ContainerRecord, sys_: Syscalls) -> None:  # pragma: no cover
 
 def _helper(record: ContainerRecord, sys_: Syscalls, work: Callable[[], None]) -> tuple[int, int]:
     """Fork a helper in the container's view running ``work``; return (pid, error pipe fd)."""
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.close(err_r)
-            sys_.set_pdeathsig(signal.SIGKILL)
-            _enter(record, sys_)
-            work()
-            code = 0
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(err_w, str(exc).encode())
-        finally:
-            os._exit(code)
-    os.close(err_w)
-    return pid, err_r
+    from pytest_minidock.runtime.userns import fork_child
+
+    def helper() -> None:  # pragma: no cover - child
+        sys_.set_pdeathsig(signal.SIGKILL)
+        _enter(record, sys_)
+        work()
+
+    return fork_child(helper, lambda exc: str(exc).encode())
 
 
 def _finish(pid: int, err_r: int, what: str) -> None:

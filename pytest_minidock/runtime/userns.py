@@ -408,6 +408,30 @@ def _spawn(argv: list[str]) -> _Ran:
     return _Ran(os.waitstatus_to_exitcode(status), out)
 
 
+def fork_child(
+    work: Callable[[], None], report: Callable[[BaseException], bytes]
+) -> tuple[int, int]:
+    """Fork a child that runs ``work`` and exits 0, or writes ``report(error)`` to its error
+    pipe and exits 1; returns its pid and the pipe's read end (for :func:`reap`)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(err_r)
+            work()
+            code = 0
+        except BaseException as exc:
+            try:  # noqa: SIM105 - the child reports what it can
+                os.write(err_w, report(exc))
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    return pid, err_r
+
+
 def reap(pid: int, fd: int) -> tuple[int, bytes]:
     """Read ``fd`` (a child's error pipe) to its end and close it, then wait for ``pid``:
     its wait status and what it wrote."""
@@ -586,23 +610,11 @@ def run_as_root(
     naming ``what`` if it fails; an error of one of the ``keep`` types is raised as itself."""
     from pytest_minidock.errors import RuntimeFailure
 
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.close(err_r)
-            become_root()
-            work()
-            code = 0
-        except BaseException as exc:
-            try:  # noqa: SIM105 - the child reports what it can
-                os.write(err_w, _report(exc, keep))
-            except OSError:
-                pass
-        finally:
-            os._exit(code)
-    os.close(err_w)
+    def as_root() -> None:  # pragma: no cover - child
+        become_root()
+        work()
+
+    pid, err_r = fork_child(as_root, lambda exc: _report(exc, keep))
     status, data = reap(pid, err_r)
     if status != 0:
         kept = _kept(data, keep)
