@@ -31,7 +31,8 @@ from benchmarks._stats import Timing
 from tests.support.subids import SUBIDS, free_start, own_start, pids_of
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import argparse
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,6 +256,19 @@ class RootlessUser:
 
 
 # -- child side: samples as JSON -------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark's root-beside-rootless mode."""
+    import argparse
+
+    parser.add_argument(
+        "--rootless",
+        action="store_true",
+        help="root vs an ordinary user (throw-away, made and removed here) instead",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --rootless: rounds per side")
+    parser.add_argument("--rootless-child", type=Path, help=argparse.SUPPRESS)
+
+
 def emit(timings: Sequence[Timing], values: dict[str, list[float]] | None = None) -> None:
     """Print a child's results as one JSON line (the parent reads the last line)."""
     print(
@@ -305,6 +319,22 @@ def _ms(t: Timing | None) -> str:
     return "-" if t is None else f"{t.median * 1000:.1f} / {t.pct(90) * 1000:.1f}"
 
 
+def _print_rows(
+    title: str,
+    rows: Sequence[tuple[str, str]],
+    cell: Callable[[str, bool], tuple[str, float | None, int]],
+) -> None:
+    """The root / rootless table: ``cell(key, rootless)`` is a side's text, median and count."""
+    print(f"\n== {title}")
+    header = f"{'row':<40} {'root':>15} {'rootless':>15} {'ratio':>7} {'n':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, key in rows:
+        (ta, ma, na), (tb, mb, nb) = cell(key, False), cell(key, True)
+        ratio = "-" if ma is None or mb is None or ma <= 0 else f"{mb / ma:.2f}x"
+        print(f"{label:<40} {ta:>15} {tb:>15} {ratio:>7} {f'{na}/{nb}':>7}")
+
+
 def table(
     title: str,
     rows: Sequence[tuple[str, str]],
@@ -313,15 +343,12 @@ def table(
 ) -> None:
     """``rows``: (label, sample name); ms p50 / p90 for root and rootless, and rootless p50 /
     root p50."""
-    print(f"\n== {title} (ms: p50 / p90; ratio: rootless p50 / root p50)")
-    header = f"{'row':<40} {'root':>15} {'rootless':>15} {'ratio':>7} {'n':>7}"
-    print(header)
-    print("-" * len(header))
-    for label, key in rows:
-        a, b = root.get(key), user.get(key)
-        ratio = "-" if a is None or b is None or a.median <= 0 else f"{b.median / a.median:.2f}x"
-        n = f"{len(a.samples) if a else 0}/{len(b.samples) if b else 0}"
-        print(f"{label:<40} {_ms(a):>15} {_ms(b):>15} {ratio:>7} {n:>7}")
+
+    def cell(key: str, rootless: bool) -> tuple[str, float | None, int]:
+        t = (user if rootless else root).get(key)
+        return _ms(t), None if t is None else t.median, len(t.samples) if t else 0
+
+    _print_rows(f"{title} (ms: p50 / p90; ratio: rootless p50 / root p50)", rows, cell)
 
 
 def _value(v: float | None) -> str:
@@ -338,15 +365,9 @@ def value_table(
     """Like ``table`` for rates (medians; ratio rootless / root)."""
     import statistics
 
-    print(f"\n== {title} ({unit}, median; ratio: rootless / root)")
-    header = f"{'row':<40} {'root':>15} {'rootless':>15} {'ratio':>7} {'n':>7}"
-    print(header)
-    print("-" * len(header))
-    for label, key in rows:
-        a, b = root.get(key), user.get(key)
-        ma = statistics.median(a) if a else None
-        mb = statistics.median(b) if b else None
-        ratio = "-" if ma is None or mb is None or ma <= 0 else f"{mb / ma:.2f}x"
-        n = f"{len(a) if a else 0}/{len(b) if b else 0}"
-        fa, fb = _value(ma), _value(mb)
-        print(f"{label:<40} {fa:>15} {fb:>15} {ratio:>7} {n:>7}")
+    def cell(key: str, rootless: bool) -> tuple[str, float | None, int]:
+        values = (user if rootless else root).get(key)
+        median = statistics.median(values) if values else None
+        return _value(median), median, len(values) if values else 0
+
+    _print_rows(f"{title} ({unit}, median; ratio: rootless / root)", rows, cell)

@@ -472,13 +472,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--mb", type=int, default=1024, help="MiB per throughput transfer")
     parser.add_argument("--repeats", type=int, default=5, help="transfers per throughput figure")
-    parser.add_argument(
-        "--rootless",
-        action="store_true",
-        help="root vs an ordinary user (throw-away, made and removed here) instead",
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="with --rootless: rounds per side")
-    parser.add_argument("--rootless-child", type=Path, help=argparse.SUPPRESS)
+    from benchmarks import _rootless
+
+    _rootless.add_arguments(parser)
     args = parser.parse_args()
     if args.rootless_child is not None:
         rootless_child(args.rootless_child, args.runs, args.mb, args.repeats)

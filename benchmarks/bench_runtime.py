@@ -735,13 +735,9 @@ def rootless_main(runs: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument(
-        "--rootless",
-        action="store_true",
-        help="root vs an ordinary user (throw-away, made and removed here) instead",
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="with --rootless: rounds per side")
-    parser.add_argument("--rootless-child", type=Path, help=argparse.SUPPRESS)
+    from benchmarks import _rootless
+
+    _rootless.add_arguments(parser)
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument(
         "--only",
