@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import socket
-import threading
 
 from benchmarks._stats import measure
 from pytest_minidock.runtime.portfwd import Connector, Relay
+from tests.support.servers import tcp_server
 
 
 def _sink_server() -> tuple[socket.socket, int]:
     """A server that reads everything, then answers with the byte count."""
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)
 
     def handle(conn: socket.socket) -> None:
         with conn:
@@ -27,16 +26,7 @@ def _sink_server() -> tuple[socket.socket, int]:
                 total += len(data)
             conn.sendall(str(total).encode())
 
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return server, server.getsockname()[1]
+    return tcp_server(handle, backlog=128)
 
 
 def _transfer(address: tuple[str, int], payload: bytes) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import errno
 import os
 import socket
-import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,6 +24,7 @@ from pytest_minidock.runtime.network import (
     render_ruleset,
 )
 from pytest_minidock.runtime.state import process_start_time
+from tests.support import servers
 from tests.unit.test_network_manager import FakeKernel
 
 if TYPE_CHECKING:
@@ -136,17 +136,7 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Failin
         made.append(b)
         return a
 
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=serve, args=(conn, kernel), kwargs={"make_socket": make_socket}, daemon=True
-            ).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    servers.serve(listener, lambda conn: serve(conn, kernel, make_socket=make_socket))
     kernel.made = made  # type: ignore[attr-defined]
     try:
         yield kernel

@@ -13,25 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_minidock.runtime.portfwd import Connector, Relay, connect_via, serve_connector
+from tests.support.servers import tcp_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def _tcp_server(handler: object) -> tuple[socket.socket, int]:
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()  # type: ignore[arg-type]
-
-    threading.Thread(target=loop, daemon=True).start()
-    return server, port
 
 
 def _echo_until_eof_then_say_bye(conn: socket.socket) -> None:
@@ -77,7 +62,7 @@ def _recv_all(sock: socket.socket) -> bytes:
 
 
 def test_tcp_echo_with_half_close(relay: Relay) -> None:
-    server, port = _tcp_server(_echo_until_eof_then_say_bye)
+    server, port = tcp_server(_echo_until_eof_then_say_bye)
     with server, socket.create_connection(_published(relay, port), timeout=10) as client:
         client.sendall(b"hello")
         client.shutdown(socket.SHUT_WR)
@@ -85,7 +70,7 @@ def test_tcp_echo_with_half_close(relay: Relay) -> None:
 
 
 def test_large_transfer_arrives_intact(relay: Relay) -> None:
-    server, port = _tcp_server(_hash_then_reply)
+    server, port = tcp_server(_hash_then_reply)
     payload = os.urandom(1 << 20) * 24  # 24 MiB
     with server, socket.create_connection(_published(relay, port), timeout=30) as client:
         sender = threading.Thread(
@@ -98,7 +83,7 @@ def test_large_transfer_arrives_intact(relay: Relay) -> None:
 
 
 def test_many_connections_at_once(relay: Relay) -> None:
-    server, port = _tcp_server(_echo_until_eof_then_say_bye)
+    server, port = tcp_server(_echo_until_eof_then_say_bye)
     address = _published(relay, port)
     with server:
         clients = [socket.create_connection(address, timeout=10) for _ in range(20)]

@@ -7,37 +7,26 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_minidock.runtime import portfwd
 from pytest_minidock.runtime.portfwd import DirectConnector, Relay
+from tests.support.servers import tcp_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
 def _echo_server() -> tuple[socket.socket, int]:
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-
-            def echo(conn: socket.socket = conn) -> None:
-                with conn:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
-
-            threading.Thread(target=echo, daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return server, server.getsockname()[1]
+    return tcp_server(_echo)
 
 
 def _exchange(port: int, payload: bytes = b"hello") -> bytes:
