@@ -619,6 +619,9 @@ class HolderKernel:
     def delete_link(self, name: str) -> None:
         self._call("delete_link", name, start=False)  # (no holder: no link)
 
+    def release_link(self, name: str) -> None:
+        self._call("release_link", name, start=False)
+
     def add_endpoint(self, pid: int, **kwargs: Any) -> None:
         _, fds = _Client.call(
             {"op": "kernel", "method": "add_endpoint", "args": [pid], "kwargs": kwargs}

@@ -116,6 +116,9 @@ def _kernel_call(kernel: Kernel, request: dict[str, Any]) -> Any:
     if method == "delete_link":
         kernel.delete_link(str(args[0]))
         return None
+    if method == "release_link":
+        kernel.release_link(str(args[0]))
+        return None
     if method == "add_endpoint":
         kernel.add_endpoint(int(args[0]), **kwargs)
         return None

@@ -596,6 +596,11 @@ class Kernel(Protocol):
         """Delete link ``name`` (a bridge or a veth with its peer); gone already is fine."""
         ...
 
+    def release_link(self, name: str) -> None:
+        """Delete the veth ``name`` of a container leaving its network, whose name is not
+        needed again at once (``LinuxKernel.release_link``); gone already is fine."""
+        ...
+
     def add_endpoint(
         self,
         pid: int,
@@ -1807,10 +1812,8 @@ class Networks:
     ) -> None:
         """Delete the endpoint's veth and lease and its ports (with ``nft``, their rules too;
         without, the caller renders the table afterwards)."""
-        # (a kernel seam without ``release_link``, such as the rootless holder's: delete_link)
-        release = getattr(self.kernel, "release_link", None) or self.kernel.delete_link
         try:
-            release(ep.host_ifname)
+            self.kernel.release_link(ep.host_ifname)
         except OSError as exc:
             raise NetworkError(f"cannot delete veth {ep.host_ifname}: {exc}") from exc
         net = state.find(net.id)

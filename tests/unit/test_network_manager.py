@@ -75,6 +75,9 @@ class FakeKernel:
         self.bridges.pop(name, None)
         self.endpoints.pop(name, None)
 
+    def release_link(self, name: str) -> None:
+        self.delete_link(name)
+
     def add_endpoint(self, pid: int, **kw: Any) -> None:
         if pid == BAD_PID:
             raise OSError(3, "No such process")

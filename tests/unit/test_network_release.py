@@ -1,5 +1,5 @@
 """Veths of containers leaving their networks, without root: ``detach`` asks the kernel seam to
-*release* them (a seam without ``release_link`` deletes them as before), a re-lease deletes the
+*release* them, a re-lease deletes the
 old one by name, and ``releases_in_background`` defers the requests to the end of its block and
 ``settle`` waits for them (only this process's)."""
 
@@ -47,7 +47,7 @@ def test_detach_releases_the_veth(tmp_path: Path) -> None:
     assert a.host_ifname not in kernel.links
 
 
-def test_a_seam_without_release_deletes(tmp_path: Path) -> None:
+def test_a_released_veth_is_gone_with_its_attachment(tmp_path: Path) -> None:
     kernel = FakeKernel()
     nets = _nets(tmp_path, kernel)
     a = nets.attach("bridge", cid(1), 100, name="a")
