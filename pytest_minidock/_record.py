@@ -185,17 +185,14 @@ def _collect(cls: type, kw_only: bool) -> dict[str, Field]:
     # The class's own annotations, unevaluated (inspect.get_annotations would cost its import).
     annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
     for name, annotation in annotations.items():
+        # (a string, the usual case under ``from __future__ import annotations``: checked here)
         if (
-            type(annotation) is str
-        ):  # (the usual case, under ``from __future__ import annotations``)
-            if annotation.startswith(_CLASSVARS):
-                continue
-            if "InitVar" in annotation or annotation in _KW_ONLY:
-                _check_annotation(cls, name, annotation)
-        elif _is_classvar(annotation):
+            annotation.startswith(_CLASSVARS)
+            if type(annotation) is str
+            else _is_classvar(annotation)
+        ):
             continue
-        else:
-            _check_annotation(cls, name, annotation)
+        _check_annotation(cls, name, annotation)
         default = cls.__dict__.get(name, MISSING)
         if isinstance(default, Field):
             f = default
