@@ -262,6 +262,15 @@ def _op_to_wire(op: Any) -> list[Any]:
     return [getattr(op, name) for name in _OP_FIELDS]
 
 
+def _holder_joined() -> bool:
+    """Whether this process joined the rootless holder (``holder.joined``): only then has
+    ``portfwd.relay_published`` ports to relay. Not imported here when it was not already."""
+    from sys import modules
+
+    holder = modules.get("pytest_minidock.runtime.holder")
+    return holder is not None and bool(holder.joined())
+
+
 def _exit_code(status: int) -> int:
     """Docker's exit code for a wait status: the code, or 128+N for signal N."""
     if os.WIFSIGNALED(status):
@@ -1345,7 +1354,9 @@ class Monitor:
         else:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if launch.port_fds:  # rootless: relayed from here, by a thread (none after the unshare)
+        if launch.port_fds and _holder_joined():
+            # rootless: relayed from here, by a thread (none after the unshare); root's ports
+            # are nftables' to forward, and its monitor spares the import (~3 ms, in the start)
             from pytest_minidock.runtime import portfwd
 
             self.relay = portfwd.relay_published(
