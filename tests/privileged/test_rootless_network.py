@@ -8,7 +8,9 @@ and nothing is left behind, on the host or in the holder.
 Root makes the user (``useradd``, a subordinate id range) and a copy of the package it can read;
 each scenario runs as that user in a fresh ``/usr/bin/python3`` (its JSON answer on the last
 line). ``/dev/net/tun`` is made mode 0666 for the module (Debian's default; pasta and slirp4netns
-need it), then restored.
+need it), then restored, by the last of the processes that use it at the same time (pytest-xdist
+workers, other runs: ``tests/support/hostshare.py``); each has an address of its own on the
+host's loopback for the outbound tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import textwrap
@@ -31,16 +32,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import IN_CI, require_tool
+from tests.support.hostshare import TUN, loopback_address, shared_tun, subid_lock
 from tests.support.subids import free_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 pytestmark = [pytest.mark.privileged, pytest.mark.netns]
-
-OUTSIDE = "198.18.93.1"
-"""An address added to the host's loopback for the outbound tests: a place outside the holder
-(not the host's own address, which pasta gives the holder too)."""
 
 PRELUDE = """
 import json, os, socket, sys, time
@@ -308,16 +306,12 @@ def _copy_package(tree: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tun() -> Iterator[None]:
-    """/dev/net/tun usable by everyone for the module (as Debian ships it), then as it was."""
-    path = "/dev/net/tun"
-    if not os.path.exists(path):
-        pytest.skip("no /dev/net/tun: pasta and slirp4netns cannot run")
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    os.chmod(path, 0o666)
-    try:
+    """/dev/net/tun usable by everyone for the module (as Debian ships it), then as it was
+    once no process of this host needs it any more (``hostshare.shared_tun``)."""
+    if not TUN.exists():
+        pytest.skip(f"no {TUN}: pasta and slirp4netns cannot run")
+    with shared_tun():
         yield
-    finally:
-        os.chmod(path, mode)
 
 
 @pytest.fixture(scope="module")
@@ -343,9 +337,12 @@ def user(tun: None, busybox_rootfs: Path) -> Iterator[RootlessUser]:
             check=True,
         )  # fmt: skip
         made = True
-        first = free_start()
-        ids = f"{first}-{first + 65535}"
-        subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True)
+        with subid_lock():  # (no other process of the tests takes the same range meanwhile)
+            first = free_start()
+            ids = f"{first}-{first + 65535}"
+            subprocess.run(
+                ["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True
+            )
         import pwd
 
         entry = pwd.getpwnam(name)
@@ -380,10 +377,18 @@ def user(tun: None, busybox_rootfs: Path) -> Iterator[RootlessUser]:
 
 
 @pytest.fixture
-def outside() -> Iterator[int]:
-    """A TCP server on ``OUTSIDE`` (an address on the host's loopback): its port."""
-    subprocess.run(["ip", "addr", "add", f"{OUTSIDE}/32", "dev", "lo"], check=True)
-    server = socket.create_server((OUTSIDE, 0))
+def outside() -> Iterator[tuple[str, int]]:
+    """A TCP server on an address added to the host's loopback for the test, this process's
+    alone (``hostshare.loopback_address``): a place outside the holder (not the host's own
+    address, which pasta gives the holder too). Its address and port."""
+    with loopback_address() as address, _answering(address) as port:
+        yield address, port
+
+
+@contextlib.contextmanager
+def _answering(address: str) -> Iterator[int]:
+    """A TCP server on ``address`` that answers every request with ``outside``: its port."""
+    server = socket.create_server((address, 0))
     server.settimeout(0.2)
     stop = False
 
@@ -409,7 +414,6 @@ def outside() -> Iterator[int]:
         stop = True
         thread.join(5)
         server.close()
-        subprocess.run(["ip", "addr", "del", f"{OUTSIDE}/32", "dev", "lo"], check=True)
 
 
 def _holder_links(pid: int) -> list[str]:
@@ -524,13 +528,16 @@ def test_a_dead_holder_is_replaced_and_its_helpers_go_with_it(user: RootlessUser
 
 
 @pytest.mark.parametrize("helper", ["slirp4netns", "pasta"])
-def test_outbound_access_through_the_helper(user: RootlessUser, outside: int, helper: str) -> None:
+def test_outbound_access_through_the_helper(
+    user: RootlessUser, outside: tuple[str, int], helper: str
+) -> None:
     require_tool(helper)
     user.run(HOLDER, "stop")
     env = {"MINIDOCK_ROOTLESS_NET": helper}
     holder, _ = user.run(HOLDER, "ensure", env=env)
     assert holder["outbound"] == helper, holder
-    found, err = user.run(OUTBOUND, f"{OUTSIDE} {outside}", env=env)
+    address, port = outside
+    found, err = user.run(OUTBOUND, f"{address} {port}", env=env)
     assert "HTTP/1.0 200" in found["log"], found
     assert found["published"].startswith("HTTP/1.1 200"), found
     assert "no outbound access" not in err
@@ -538,7 +545,7 @@ def test_outbound_access_through_the_helper(user: RootlessUser, outside: int, he
 
 
 def test_without_pasta_or_slirp4netns_it_says_so_and_the_rest_works(
-    user: RootlessUser, outside: int
+    user: RootlessUser, outside: tuple[str, int]
 ) -> None:
     user.run(HOLDER, "stop")
     bin_dir = user.work / "bin"  # the id-map helpers, but no outbound helper
@@ -552,7 +559,8 @@ def test_without_pasta_or_slirp4netns_it_says_so_and_the_rest_works(
     holder, _ = user.run(HOLDER, "ensure", env=env)
     assert holder["outbound"] == ""
     assert "neither slirp4netns nor pasta" in holder["problem"]
-    found, err = user.run(OUTBOUND, f"{OUTSIDE} {outside}", env=env)
+    address, port = outside
+    found, err = user.run(OUTBOUND, f"{address} {port}", env=env)
     assert "HTTP/1.0 200" not in found["log"], found  # no way out ...
     assert found["published"].startswith("HTTP/1.1 200"), found  # ... but ports still work
     message = [line for line in err.splitlines() if "no outbound access" in line]
