@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._stats import Timing
+from tests.support.hostshare import TUN, close_tun, open_tun, subid_lock
 from tests.support.subids import SUBIDS, free_start, own_start, pids_of
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class RootlessUser:
         self.uid = -1
         self.subuid = -1
         self.home = Path("/nonexistent")
-        self.tun_mode: int | None = None
+        self.tun_open = False
+        """``/dev/net/tun`` counted open by this process (``hostshare.open_tun``)."""
         self.root_work = Path("/nonexistent")
         self.cleanup_notes: list[str] = []
 
@@ -140,13 +142,14 @@ class RootlessUser:
         self.uid, self.home = entry.pw_uid, Path(entry.pw_dir)
         start = own_start(self.name)  # (useradd may have given it one: SUB_UID_MIN ...)
         if start is None:
-            start = free_start()
-            ids = f"{start}-{start + SUBIDS - 1}"
-            subprocess.run(
-                ["usermod", "--add-subuids", ids, "--add-subgids", ids, self.name],
-                check=True,
-                capture_output=True,
-            )
+            with subid_lock():  # (not the range a test process is giving its user meanwhile)
+                start = free_start()
+                ids = f"{start}-{start + SUBIDS - 1}"
+                subprocess.run(
+                    ["usermod", "--add-subuids", ids, "--add-subgids", ids, self.name],
+                    check=True,
+                    capture_output=True,
+                )
         self.subuid = start
         src = self.home / "src"
         skip = shutil.ignore_patterns("__pycache__")
@@ -164,10 +167,9 @@ class RootlessUser:
                 check=True,
             ).stdout.strip()
         )
-        tun = Path("/dev/net/tun")
-        if tun.exists() and tun.stat().st_mode & 0o777 != 0o666:
-            self.tun_mode = tun.stat().st_mode & 0o777
-            tun.chmod(0o666)
+        if TUN.exists():  # 0666 while any process needs it; the last one puts its mode back
+            open_tun()
+            self.tun_open = True
 
     @property
     def root(self) -> Side:
@@ -250,8 +252,9 @@ class RootlessUser:
             )
             if listed.returncode == 0:
                 self.cleanup_notes.append(f"root's nftables table {table} is still there")
-        if self.tun_mode is not None:
-            Path("/dev/net/tun").chmod(self.tun_mode)
+        if self.tun_open:
+            close_tun()
+            self.tun_open = False
         self.cleanup_notes = [n for n in self.cleanup_notes if n.strip()]
 
 
