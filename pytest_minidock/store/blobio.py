@@ -60,7 +60,8 @@ class LayerBlob:
     """A compressed layer written to disk, with both of its digests."""
 
     path: Path
-    """Where the compressed blob was written (the ``out`` the caller gave)."""
+    """Where the compressed blob was written (the ``out`` the caller gave), fsynced: ready for
+    ``BlobStore.publish``."""
     digest: Digest
     """sha256 of the compressed (gzip) bytes: the layer's blob digest in a manifest."""
     size: int
@@ -146,7 +147,11 @@ def default_workers() -> int:
 
 
 class GzipPipeline:
-    """gzip writer: hashes the raw stream, deflates chunks on a pool, hashes and writes output."""
+    """gzip writer: hashes the raw stream, deflates chunks on a pool, hashes and writes output.
+
+    ``finish`` fsyncs ``out`` before it returns: the blob is then ready to be renamed into the
+    store (``BlobStore.publish``), which must never name a file whose bytes may still be lost.
+    On an exception the caller removes ``out``."""
 
     def __init__(self, out: Path, level: int, workers: int | None = None) -> None:
         self._level = level
@@ -164,8 +169,12 @@ class GzipPipeline:
         self._held: tuple[bytes, bytes] | None = None
         """The first chunk and its priming tail, until a second one comes or the stream ends."""
         xfl = b"\x04" if level == 1 else b"\x02" if level == 9 else b"\x00"
-        # magic, CM=deflate, no flags, MTIME=0, XFL, OS=unknown: no name, no time.
-        self._write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + xfl + b"\xff")
+        try:
+            # magic, CM=deflate, no flags, MTIME=0, XFL, OS=unknown: no name, no time.
+            self._write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + xfl + b"\xff")
+        except BaseException:  # no ``__exit__`` for a constructor that raised
+            self._out.close()
+            raise
 
     def __enter__(self) -> GzipPipeline:
         return self
@@ -218,6 +227,9 @@ class GzipPipeline:
             self._write(self._pending.popleft().result())
         trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._raw.size & 0xFFFFFFFF)
         self._write(_EMPTY_FINAL_BLOCK + trailer)
+        # Durable before anyone renames it into the store: a blob whose name survives a power
+        # loss but whose bytes do not would be an empty or truncated file under a valid digest.
+        os.fsync(self._out.fileno())
         return LayerBlob(
             path=self._path,
             digest=self._gz.digest(),

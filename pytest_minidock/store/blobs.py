@@ -6,6 +6,12 @@ hashed as they are written, checked against the expected digest, fsynced, and re
 rename is atomic and both files hold the same bytes. Temp files left by a crashed writer are
 removed by ``remove_stale_temps``.
 
+Every way into ``ROOT/blobs`` goes through ``BlobStore.publish``, and every file it renames has
+had its bytes fsynced by its writer: ``BlobWriter.commit``, ``blobio.GzipPipeline.finish`` (gzip
+layers, from a tree or a tar stream, large or in memory), ``layers.copy_tar`` (uncompressed
+layers) and the registry pull's blob sink. Without that, a power loss could keep the rename but
+not the bytes: an empty or truncated file under a valid digest.
+
 A writer about to publish several blobs and then something that refers to them (an image: its
 layers, config and manifest, then the index) may ask for ``durable=False`` renames and call
 ``sync`` once before writing the reference: one directory fsync instead of one per blob, and
@@ -67,13 +73,24 @@ class BlobWriter:
         self._expected_size = expected_size
         self._hasher = Hasher(expected.algorithm if expected else "sha256")
         self.temp_path = store.temp_path("blob")
-        self._file: IO[bytes] | None = open(self.temp_path, "xb")  # noqa: SIM115
+        try:
+            self._file: IO[bytes] | None = open(self.temp_path, "xb")  # noqa: SIM115
+        except OSError as exc:
+            raise self._error(exc) from exc
         self.digest: Digest | None = None
+
+    def _error(self, exc: OSError, what: str = "blob") -> StoreError:
+        expected = self._expected
+        name = what if expected is None or str(expected) in what else f"{what} {expected}"
+        return StoreError(f"cannot write {name} to {self.temp_path}: {exc.strerror or exc}")
 
     def write(self, chunk: bytes | bytearray | memoryview) -> int:
         assert self._file is not None, "blob writer already closed"
         self._hasher.update(chunk)
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:  # ENOSPC, EIO: the ``with`` block (or ``abort``) drops the temp
+            raise self._error(exc) from exc
         return len(chunk)
 
     @property
@@ -84,11 +101,14 @@ class BlobWriter:
         """Verify digest and size, fsync and rename into place; return the blob's digest.
         ``durable=False``: the rename is made durable by the store's next ``sync``."""
         assert self._file is not None, "blob writer already closed"
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
         try:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())  # the bytes are on disk before the name is
+                self._file.close()
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+            self._file = None
             if self._expected_size is not None and self._hasher.size != self._expected_size:
                 raise DigestMismatch(
                     f"{what} {self._expected or ''}: got {self._hasher.size} bytes, expected "
@@ -99,7 +119,7 @@ class BlobWriter:
             digest = self._hasher.digest()
             self._store.publish(self.temp_path, digest, durable=durable)
         except BaseException:
-            self.abort()
+            self.abort()  # a failed fsync, a wrong size or digest: no temp, no blob
             raise
         self.digest = digest
         return digest
@@ -107,8 +127,9 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop the temp file (idempotent)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # closing flushes: it may fail as a write did
+                file.close()
         with contextlib.suppress(FileNotFoundError):
             self.temp_path.unlink()
 
@@ -206,10 +227,13 @@ class BlobStore:
 
     def publish(self, temp_path: Path, digest: Digest, *, durable: bool = True) -> Path:
         """Rename an already verified temp file into place as the blob ``digest`` (made
-        durable now, or with ``durable=False`` by the next ``sync``)."""
+        durable now, or with ``durable=False`` by the next ``sync``). The caller has fsynced
+        ``temp_path``'s bytes (see the module docstring); on failure ``temp_path`` is removed."""
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if not final.parent.is_dir():  # a new algorithm's directory: its entry durable too
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(final.parent.parent)
             os.chmod(temp_path, 0o444)
             os.replace(temp_path, final)
             if durable:

@@ -11,7 +11,9 @@ Everything is streamed: the tar is cut into fixed 1 MiB chunks that are deflated
 a small thread pool (each chunk primed with the previous 32 KiB as a dictionary, pigz style),
 while the main thread walks the tree, reads files and hashes the uncompressed stream. The gzip
 header carries no name and no time, and the chunking does not depend on file boundaries or on
-the number of threads, so the same content always gives a byte-identical blob and digest.
+the number of threads, so the same content always gives a byte-identical blob and digest. The
+file is fsynced before the call returns (``GzipPipeline.finish``, ``copy_tar``), so the store
+may rename it into place at once; on an error it is removed.
 
 Modification times are clamped to ``SOURCE_DATE_EPOCH`` (or 0) unless the caller asks for
 another bound, or for the files' own times with ``mtime=None``.
