@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING
 
 from pytest_minidock._record import dataclass
 from pytest_minidock.digest import Digest, Hasher
-from pytest_minidock.errors import ImageError, RegistryError
+from pytest_minidock.errors import ImageError, RegistryError, StoreError
 from pytest_minidock.image import mediatypes as mt
 from pytest_minidock.image.model import ImageConfig, Index, Manifest
 from pytest_minidock.reference import Reference
@@ -101,13 +101,17 @@ class PullResult:
 class _WriteBack:
     """Writes a growing file's data to disk in the background, one ``fdatasync`` at a time, so
     that the ``fsync`` publishing it finds little left to do: the disk works while the network
-    does, instead of after it."""
+    does, instead of after it.
 
-    __slots__ = ("_fd", "_thread")
+    A failed write-back is kept in ``error``: Linux reports a write-back error once per open
+    file, so the final ``fsync`` on the same descriptor would return success after it."""
+
+    __slots__ = ("_fd", "_thread", "error")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._thread: threading.Thread | None = None
+        self.error: OSError | None = None
 
     def kick(self) -> None:
         """Start writing back what was written so far, unless a write-back is running."""
@@ -117,9 +121,11 @@ class _WriteBack:
         self._thread.start()
 
     def _run(self) -> None:
-        # failures surface in the final fsync, which every published blob goes through
-        with contextlib.suppress(OSError):
+        try:
             os.fdatasync(self._fd)
+        except OSError as exc:  # raised by the commit: the final fsync will not see it again
+            if self.error is None:
+                self.error = exc
 
     def wait(self) -> None:
         if self._thread is not None:
@@ -175,7 +181,14 @@ class _BlobSink:
         if got != self.digest:
             raise failures.bad_digest(ctx, self.digest, got)
         self._writeback.wait()
-        os.fsync(self._file.fileno())
+        try:
+            if self._writeback.error is not None:
+                raise self._writeback.error
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # the bytes may not be on disk: never publish them
+            raise StoreError(
+                f"cannot write blob {self.digest} to {self.path}: {exc.strerror or exc}"
+            ) from exc
         self._file.close()
         self._file = None
         self._store.blobs.publish(self.path, self.digest)
