@@ -1,7 +1,7 @@
 """The pytest plugin's cost: function-scoped containers per test, and one session container.
 
 Run (as root): ``.venv/bin/python -m benchmarks.bench_plugin [--runs 5] [--tests 100] [--part 2]
-[--pairs 40]`` (``--part``: only that part, 1 or 2; both by default; ``--baseline DIR``: part 2
+[--pairs 100]`` (``--part``: only that part, 1 or 2; both by default; ``--baseline DIR``: part 2
 also for the checkout in DIR, e.g. ``git archive HEAD | tar -x -C DIR``, interleaved with this
 one). It makes a store holding ``busybox`` (offline, from Debian's busybox-static) and throw-away
 test projects, then runs pytest on them as subprocesses (``-p no:cacheprovider``, bytecode cached
@@ -232,7 +232,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tests", type=int, default=100)
     parser.add_argument("--part", type=int, choices=(1, 2), default=None, help="only this part")
-    parser.add_argument("--pairs", type=int, default=40, help="part 2: paired runs (40)")
+    # (100: the pairs' differences spread over ~100 ms, so 40 pairs leave the median's 95%
+    # interval ~75 ms wide, too wide to tell 120 ms from 150; 100 make it ~45 ms)
+    parser.add_argument("--pairs", type=int, default=100, help="part 2: paired runs (100)")
     parser.add_argument("--baseline", type=Path, default=None, help="part 2 for this checkout too")
     args = parser.parse_args()
     if os.geteuid() != 0:
