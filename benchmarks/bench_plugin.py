@@ -1,24 +1,57 @@
 """The pytest plugin's cost: function-scoped containers per test, and one session container.
 
 Run (as root): ``.venv/bin/python -m benchmarks.bench_plugin [--runs 5] [--tests 100] [--part 2]
-[--pairs 100]`` (``--part``: only that part, 1 or 2; both by default; ``--baseline DIR``: part 2
-also for the checkout in DIR, e.g. ``git archive HEAD | tar -x -C DIR``, interleaved with this
-one). It makes a store holding ``busybox`` (offline, from Debian's busybox-static) and throw-away
-test projects, then runs pytest on them as subprocesses (``-p no:cacheprovider``, bytecode cached
-in a private ``PYTHONPYCACHEPREFIX``), alternating the sessions below (after one warm-up each):
+[--pairs 100] [--with-docker [--runs-others 3]]`` (``--part``: only that part, 1 or 2; both by
+default; ``--baseline DIR``: part 2 also for the checkout in DIR, e.g. ``git archive HEAD | tar
+-x -C DIR``, interleaved with this one; ``--with-docker``: part 1 side by side with
+pytest-docker-tools and testcontainers, below). It makes a store holding ``busybox`` (offline,
+from Debian's busybox-static) and throw-away test projects, then runs pytest on them as
+subprocesses (``-p no:cacheprovider``, bytecode cached in a private ``PYTHONPYCACHEPREFIX``; each
+tool's sessions load only its own pytest plugin: ours ``-p no:docker_tools``, the others ``-p
+no:minidock``), alternating the sessions below (after one warm-up each):
 
 1. ``--runs`` times: ``--tests`` tests, each with its own function-scoped busybox ``httpd``
    container with a published port and the default wait (``container("busybox",
-   command=[httpd...], ports=[80])``), against the same tests without the fixture. Per-test
-   cost = (wall time - wall time without containers) / tests: start, wait and removal, plus the
-   session's one-off costs (engine, clean-up, session network) spread over the tests. Issue 6's
-   target: ≤ 50 ms; reported elsewhere (not measured here): pytest-docker-tools' README ~5.6 s
-   per container, testcontainers users ~1.2 s.
+   command=[httpd...], ports=[80])``; the test gets the published address, ``web.addr(80)``),
+   against the same tests without the fixture. Per-test cost = (wall time - wall time without
+   containers) / tests: start, wait and removal, plus the session's one-off costs (engine,
+   clean-up, session network) spread over the tests. Issue 6's target: ≤ 50 ms.
    Per phase: each test's setup and teardown as timed by a hook wrapper in the project's
    conftest, and the plugin's own summary (``p50 start``: create + start, ``p50 ready``: the
    wait). Also the CPU time (user + system) of pytest and the processes it waited for (its
    launcher, which reaps the containers), per test: on a shared 2-core machine the wall times
    move with the neighbours' load, the CPU time much less.
+
+   ``--with-docker`` (needs ``/usr/sbin/dockerd``, Debian's docker.io, and ``pip install -e
+   '.[bench]'``) also runs the same tests written as each other tool's documentation shows, in
+   the first ``--runs-others`` rounds beside ours (each after a 3-test warm-up; a round's
+   sessions in alternating order), against a private dockerd (``bench_runtime.PrivateDockerd``:
+   temp data-root and socket, ``--iptables=false``, so published ports go through docker-proxy;
+   stopped by its PID afterwards, its leftover containers reported first) holding busybox
+   imported from the same rootfs tar (``docker import``: no Docker Hub here), with
+   ``DOCKER_HOST`` pointing at it:
+
+   - pytest-docker-tools: ``container(image="busybox", command=[httpd...], ports={"80/tcp":
+     None}, scope="function")``, the test calling ``web.get_addr("80/tcp")``. Its default
+     wait (``Container.ready``, tried at once, then once a second up to 30 s): the container
+     reloaded and running, an IP on each network, and every published TCP port LISTENing in
+     ``/proc/net/tcp{,6}`` as read by a ``docker exec cat`` in the container.
+   - testcontainers: a function-scoped fixture ``with DockerContainer("busybox")
+     .with_command([httpd...]).with_exposed_ports(80).waiting_for(HttpWaitStrategy(80,
+     "/passwd")) as c: yield c`` (its own HTTP wait: GET through the published port until 200,
+     tried at once, then every ``TC_POOLING_INTERVAL``, 1 s by default, kept), the test calling
+     ``get_container_host_ip()`` and ``get_exposed_port(80)``. Its Ryuk reaper container
+     cannot be pulled here, so it runs with ``TESTCONTAINERS_RYUK_DISABLED=true``: only the
+     fixture's ``with`` removes each container (as it does anyway when nothing crashes).
+
+   Each tool's per-test cost is computed like ours (against its own no-container session, which
+   imports the same modules), p50 over its runs, and printed beside ours with the ratios
+   "tool / minidock" of wall and CPU time. Their CPU time adds to pytest's what the docker side
+   spent meanwhile: dockerd and all it starts (containerd, shims, runc, docker-proxy) are moved
+   into a cpuacct cgroup of their own, read with the containers' (``/docker``). A failing other
+   tool is reported and dropped, never failing part 1. Without ``--with-docker`` one line says
+   how to get the side by side. Reported elsewhere (not measured here, printed either way):
+   pytest-docker-tools' README ~5.6 s per container, testcontainers users ~1.2 s.
 2. ``--pairs`` times: one test using a session-scoped container with a cached image, against
    one test without it: the overhead of a session container on an otherwise empty session
    (target ≤ 150 ms at p50). Each pair runs back to back, in alternating order (with
@@ -37,7 +70,8 @@ in a private ``PYTHONPYCACHEPREFIX``), alternating the sessions below (after one
    by all the pairs, with a warning if the machine was busy. The verdict is "reliably" met only
    when the median's confidence interval lies below the target.
 
-The store root, its bridge, its nftables table and the project are removed at the end.
+The store root, its bridge, its nftables table and the project are removed at the end (with
+``--with-docker``: also dockerd's temp dirs, its cgroup, and docker0 if dockerd made it).
 """
 
 from __future__ import annotations
@@ -54,9 +88,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._plugin_others import HOW_TO, DockerSide, Tool, installed
 from benchmarks._roots import remove_work
 from benchmarks._stats import Timing
-from benchmarks.bench_runtime import make_store
+from benchmarks.bench_runtime import commit, load, make_store
 
 TARGET_PER_TEST_MS = 50.0
 TARGET_SESSION_MS = 150.0
@@ -68,15 +103,17 @@ HTTPD = '["httpd", "-f", "-p", "80", "-h", "/etc"]'
 CHILD_ENV: dict[str, str] = {}
 
 CONFTEST = f"""
-import json, os, time
-
-import pytest
 from pytest_minidock import container
 
 web = container("busybox", command={HTTPD}, ports=[80], scope="{{scope}}")
+"""
+PHASE_HOOKS = """
+import json, os, time
 
-PHASES = {{{{"setup": [], "teardown": [], "last_teardown": [], "end": []}}}}
-END = {{{{}}}}
+import pytest
+
+PHASES = {"setup": [], "teardown": [], "last_teardown": [], "end": []}
+END = {}
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
@@ -115,38 +152,61 @@ import pytest
 
 @pytest.mark.parametrize("i", range({tests}))
 def test_one(i, {fixture}):
-    pass
+    {body}
 """
 ONE = """
 def test_one({fixture}):
     pass
 """
+BODY = "host, port = web.addr(80)"
+"""A test's body in part 1: it gets the published address, as a test of a web server would."""
 _SUMMARY = re.compile(r"p50 start (\d+) ms, p50 ready (\d+) ms")
 
 
-def project(base: Path, name: str, scope: str, tests: int, containers: bool) -> Path:
-    """A test project: a conftest with the ``web`` fixture and ``tests`` tests (using it or not)."""
+def project(
+    base: Path, name: str, scope: str, tests: int, containers: bool, *, tool: Tool | None = None
+) -> Path:
+    """A test project: a conftest with the ``web`` fixture (ours, or ``tool``'s) and ``tests``
+    tests (using it or not)."""
     path = base / name
     path.mkdir()
     (path / "pytest.ini").write_text("[pytest]\n")
-    (path / "conftest.py").write_text(CONFTEST.format(scope=scope))
-    fixture = "web" if containers else "request"
-    body = MANY.format(tests=tests, fixture=fixture) if tests > 1 else ONE.format(fixture=fixture)
-    (path / "test_bench.py").write_text(body)
+    fixture = CONFTEST.format(scope=scope) if tool is None else tool.conftest.format(httpd=HTTPD)
+    (path / "conftest.py").write_text(fixture + PHASE_HOOKS)
+    if tests > 1:
+        body = (BODY if tool is None else tool.body) if containers else "pass"
+        text = MANY.format(tests=tests, fixture="web" if containers else "request", body=body)
+    else:
+        text = ONE.format(fixture="web" if containers else "request")
+    (path / "test_bench.py").write_text(text)
     return path
 
 
 class Session:
     """One pytest subprocess run over a project: wall time and what it printed."""
 
-    def __init__(self, path: Path, root: Path, tests: int, pythonpath: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        root: Path,
+        tests: int,
+        pythonpath: str = "",
+        *,
+        tool: Tool | None = None,
+        side: DockerSide | None = None,
+    ) -> None:
         self.path = path
         self.root = root
         self.tests = tests
         self.pythonpath = pythonpath
         """A checkout to run instead of this one (``--baseline``)."""
+        self.tool = tool
+        """Another tool's session (on ``side``'s dockerd), or ours (``None``)."""
+        self.side = side
         self.walls: list[float] = []
         self.cpus: list[float] = []
+        self.daemon_cpus: list[float] = []
+        """Of ``cpus``, the docker side's (dockerd & co., the containers); 0 for ours."""
         self.setups: list[float] = []
         self.teardowns: list[float] = []
         self.last_teardowns: list[float] = []
@@ -160,31 +220,45 @@ class Session:
         the run's own CPU time, over its wall time)."""
 
     def run(self, record: bool) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:hypothesispytest",
-            f"--minidock-root={self.root}",
-            str(self.path),
-        ]
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        argv += ["-p", "no:hypothesispytest"]
+        # each tool's sessions load only its own plugin (pytest-docker-tools' would import the
+        # docker SDK into ours: ~150 ms more at every start)
+        for plugin in self.tool.plugins if self.tool else ("no:docker_tools",):
+            argv += ["-p", plugin]
+        if self.tool is None:
+            argv.append(f"--minidock-root={self.root}")
+        argv.append(str(self.path))
         phases = self.path / "phases.json"
         env = {**CHILD_ENV, "BENCH_PHASES": str(phases)}
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
+        if self.side is not None:
+            env.update(self.side.env)
+        # (a hung docker session must not hang the benchmark: 30 s per container at worst)
+        timeout = 120 + 30 * self.tests if self.side else None
         before = _children_cpu()
+        daemons = self.side.cpu.seconds() if self.side else 0.0
         busy = _machine_busy()
         t0 = time.perf_counter()
-        done = subprocess.run(
-            argv, check=False, cwd=self.path, env=env, capture_output=True, text=True
-        )
+        try:
+            done = subprocess.run(
+                argv,
+                check=False,
+                cwd=self.path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"pytest in {self.path} timed out after {timeout} s") from exc
         wall = time.perf_counter() - t0
         ended = time.monotonic()
         cpu = _children_cpu() - before
+        if self.side is not None:  # what dockerd, containerd, the shims and containers spent
+            daemons = self.side.cpu.seconds() - daemons
+            cpu += daemons
         others = max(_machine_busy() - busy - cpu, 0.0) / wall
         if done.returncode != 0 or f"{self.tests} passed" not in done.stdout:
             raise RuntimeError(f"pytest failed in {self.path}:\n{done.stdout}\n{done.stderr}")
@@ -192,6 +266,7 @@ class Session:
             return
         self.walls.append(wall)
         self.cpus.append(cpu)
+        self.daemon_cpus.append(daemons)
         self.others.append(others)
         times = json.loads(phases.read_text())
         self.afters.append(ended - times["configured"])
@@ -236,6 +311,17 @@ def main() -> None:
     # interval ~75 ms wide, too wide to tell 120 ms from 150; 100 make it ~45 ms)
     parser.add_argument("--pairs", type=int, default=100, help="part 2: paired runs (100)")
     parser.add_argument("--baseline", type=Path, default=None, help="part 2 for this checkout too")
+    parser.add_argument(
+        "--with-docker",
+        action="store_true",
+        help="part 1 also with pytest-docker-tools and testcontainers on a private dockerd",
+    )
+    parser.add_argument(
+        "--runs-others",
+        type=int,
+        default=3,
+        help="part 1 with --with-docker: runs of each other tool (3; each takes minutes)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_plugin needs root (namespaces, mounts, networks)")
@@ -244,40 +330,77 @@ def main() -> None:
     CHILD_ENV.update(os.environ)
     CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
     CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    root, _ = make_store(work)
     n = args.tests
     sessions: dict[str, Session] = {}
-    many: list[Session] = []
     one: list[Session] = []
-    if args.part in (None, 1):
-        sessions["many"] = Session(project(work, "many", "function", n, True), root, n)
-        sessions["many-empty"] = Session(project(work, "many-empty", "function", n, False), root, n)
-        many = [sessions["many"], sessions["many-empty"]]
-    if args.part in (None, 2):
-        sessions["one"] = Session(project(work, "one", "session", 1, True), root, 1)
-        sessions["one-empty"] = Session(project(work, "one-empty", "session", 1, False), root, 1)
-        if args.baseline is not None:
-            base = str(args.baseline.resolve())
-            sessions["one-base"] = Session(sessions["one"].path, root, 1, base)
-            sessions["one-empty-base"] = Session(sessions["one-empty"].path, root, 1, base)
-        one = [s for k, s in sessions.items() if k.startswith("one")]
-    print(
-        f"store: {root}   part 1: {args.runs} runs, {n} tests   part 2: {args.pairs} pairs   "
-        f"(+1 warm-up each)   cores: {os.cpu_count()}"
-    )
+    side: DockerSide | None = None
+    side_notes: list[str] = []
+    cleanup: list[str] = []
+    failed: dict[str, str] = {}
     try:
-        for rounds, group in ((args.runs, many), (args.pairs, one)):
-            for i in range(rounds + 1 if group else 0):
-                # alternating order: a pair's two sessions run back to back, each first half
-                # of the time, so a drift of the machine's speed weighs on both alike
-                for session in group if i % 2 else group[::-1]:
-                    session.run(record=i > 0)
+        root, tar = make_store(work)
+        tools: list[Tool] = []
+        if args.part in (None, 1):
+            sessions["many"] = Session(project(work, "many", "function", n, True), root, n)
+            sessions["many-empty"] = Session(
+                project(work, "many-empty", "function", n, False), root, n
+            )
+            if args.with_docker:
+                tools, side_notes = installed()
+                if tools:
+                    side, note = DockerSide.start(work, tar)
+                    side_notes.append(note)
+                    if side is None:
+                        tools = []
+            for tool in tools:
+                for key, tests, containers in (
+                    (tool.name, n, True),
+                    (f"{tool.name}-empty", n, False),
+                    (f"{tool.name}-warm-up", min(n, 3), True),
+                ):
+                    path = project(work, key, "function", tests, containers, tool=tool)
+                    sessions[key] = Session(path, root, tests, tool=tool, side=side)
+        if args.part in (None, 2):
+            sessions["one"] = Session(project(work, "one", "session", 1, True), root, 1)
+            sessions["one-empty"] = Session(
+                project(work, "one-empty", "session", 1, False), root, 1
+            )
+            if args.baseline is not None:
+                base = str(args.baseline.resolve())
+                sessions["one-base"] = Session(sessions["one"].path, root, 1, base)
+                sessions["one-empty-base"] = Session(sessions["one-empty"].path, root, 1, base)
+            one = [s for k, s in sessions.items() if k.startswith("one")]
+        others = f", the others {args.runs_others} runs each" if tools else ""
+        print(
+            f"store: {root}   part 1: {args.runs} runs{others}, {n} tests   part 2: "
+            f"{args.pairs} pairs   (+1 warm-up each)   cores: {os.cpu_count()}   "
+            f"commit: {commit()}   load: {load()}"
+        )
+        try:
+            if args.part in (None, 1):
+                _run_many(sessions, tools, args.runs, args.runs_others, failed)
+        finally:
+            if side is not None:
+                cleanup += side.stop()
+        for i in range(args.pairs + 1 if one else 0):
+            # alternating order: a pair's two sessions run back to back, each first half
+            # of the time, so a drift of the machine's speed weighs on both alike
+            for session in one if i % 2 else one[::-1]:
+                session.run(record=i > 0)
         left = leftovers(root)
     finally:
+        if side is not None:  # (stopped after part 1 already, unless that failed first)
+            cleanup += side.stop()
         remove_work(work)
 
     if args.part in (None, 1):
-        _report_many(sessions["many"], sessions["many-empty"], n)
+        ours = _report_many(sessions["many"], sessions["many-empty"], n)
+        if args.with_docker:
+            _report_others(sessions, tools, n, ours, notes=side_notes, failed=failed)
+            for note in cleanup:
+                print(f"   clean-up: {note}")
+        else:
+            print(HOW_TO)
     if args.part in (None, 2):
         mine = _report_one(sessions["one"], sessions["one-empty"])
         if args.baseline is not None:
@@ -294,26 +417,137 @@ def main() -> None:
                 print(_spread(f"   this - baseline, round by round ({what})", rounds))
     if left:
         print(f"!! containers left in the store after the runs: {', '.join(left)}")
+    print(f"load average at the end: {load()}")
 
 
-def _report_many(many: Session, empty: Session, n: int) -> None:
+def _run_many(
+    sessions: dict[str, Session],
+    tools: list[Tool],
+    runs: int,
+    runs_others: int,
+    failed: dict[str, str],
+) -> None:
+    """Part 1's rounds: ours (with and without containers) ``runs`` times, each other tool's
+    pair in the first ``runs_others`` rounds beside them, after one warm-up round (the others
+    warm up on a 3-test project). A round's sessions run in alternating order, so a drift of
+    the machine's speed weighs on all alike. A failing other tool is dropped (``failed``: why);
+    ours failing fails the benchmark."""
+    ours = [sessions["many"], sessions["many-empty"]]
+    for i in range(max(runs, runs_others if tools else 0) + 1):
+        batch = list(ours) if i <= runs else []
+        for tool in tools:
+            if tool.name in failed or (i > runs_others):
+                continue
+            if i == 0:
+                batch.append(sessions[f"{tool.name}-warm-up"])
+            else:
+                batch += [sessions[tool.name], sessions[f"{tool.name}-empty"]]
+        for session in batch if i % 2 else batch[::-1]:
+            tool = session.tool
+            if tool is None:
+                session.run(record=i > 0)
+                continue
+            if tool.name in failed:
+                continue
+            t0 = time.perf_counter()
+            try:
+                session.run(record=i > 0)
+            except RuntimeError as exc:
+                failed[tool.name] = str(exc)
+                print(f"!! {tool.name}: {str(exc)[-2000:]}", file=sys.stderr)
+                continue
+            print(
+                f"  round {i}: {session.path.name}, {session.tests} tests: "
+                f"{time.perf_counter() - t0:.1f} s   load {load()}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _per_test(many: Session, empty: Session, n: int) -> tuple[Timing, Timing]:
+    """Per-test wall and CPU cost: each run's difference from its round's empty session / n."""
+    walls = tuple((a - b) / n for a, b in zip(many.walls, empty.walls, strict=False))
+    cpus = tuple((a - b) / n for a, b in zip(many.cpus, empty.cpus, strict=False))
+    return Timing("per test (difference / tests)", walls), Timing("  CPU per test", cpus)
+
+
+def _report_many(many: Session, empty: Session, n: int) -> tuple[Timing, Timing]:
+    """Print part 1 for us; the per-test wall and CPU cost."""
     print(f"\n1. {n} tests, each with its own function-scoped busybox httpd (published port)")
     print(Timing(f"session, {n} containers", tuple(many.walls)).line("s"))
     print(Timing(f"session, {n} tests, no containers", tuple(empty.walls)).line("s"))
-    per_test = tuple((a - b) / n for a, b in zip(many.walls, empty.walls, strict=True))
-    cost = Timing("per test (difference / tests)", per_test)
+    cost, cpu = _per_test(many, empty, n)
     print(cost.line())
-    cpu = tuple((a - b) / n for a, b in zip(many.cpus, empty.cpus, strict=True))
-    print(Timing("  CPU per test (difference / tests)", cpu).line())
+    print(Timing("  CPU per test (difference / tests)", cpu.samples).line())
     print(Timing("  a test's setup (start + wait)", tuple(many.setups)).line())
     print(Timing("  a test's teardown (removal)", tuple(many.teardowns)).line())
     if many.starts:
         print(Timing("  summary p50 start (create+start)", tuple(many.starts)).line())
         print(Timing("  summary p50 ready (the wait)", tuple(many.readies)).line())
+    busy = Timing("", tuple(many.others + empty.others))
+    print(f"  other processes kept p50 {busy.median:.2f} cores busy during these runs")
     for who, seconds in REPORTED_S.items():
-        print(f"  {who}: ~{seconds:.1f} s per container = {seconds / cost.median:.0f}x ours")
+        print(
+            f"  reported elsewhere, not measured here: {who} ~{seconds:.1f} s per container "
+            f"= {seconds / cost.median:.0f}x ours"
+        )
     verdict = "met" if cost.median * 1000 <= TARGET_PER_TEST_MS else "NOT met"
     print(f"target: per test <= {TARGET_PER_TEST_MS:.0f} ms at p50: {verdict}")
+    return cost, cpu
+
+
+def _report_others(
+    sessions: dict[str, Session],
+    tools: list[Tool],
+    n: int,
+    ours: tuple[Timing, Timing],
+    *,
+    notes: list[str],
+    failed: dict[str, str],
+) -> None:
+    """Print part 1 for the other tools, and the ratios to ours."""
+    print(f"\n1b. the same {n} tests with pytest-docker-tools and testcontainers (--with-docker)")
+    for note in notes:
+        print(f"   {note}")
+    if not tools:
+        print(f"   nothing measured: {HOW_TO}")
+        return
+    print(
+        "   CPU per test of these: pytest's own + dockerd, containerd, the shims, runc and "
+        "docker-proxy (a cgroup of their own) + the containers' cgroups"
+    )
+    rows: list[tuple[str, Timing, Timing]] = [("minidock", *ours)]
+    for tool in tools:
+        many, empty = sessions[tool.name], sessions[f"{tool.name}-empty"]
+        print(f"\n   {tool.name}: fixture `web` as its docs show; wait: {tool.wait}")
+        if tool.name in failed:
+            print(f"   !! failed: {failed[tool.name].splitlines()[0]} (output above, on stderr)")
+        if not many.walls or not empty.walls:
+            continue
+        print(Timing(f"session, {n} containers", tuple(many.walls)).line("s"))
+        print(Timing(f"session, {n} tests, no containers", tuple(empty.walls)).line("s"))
+        cost, cpu = _per_test(many, empty, n)
+        print(cost.line())
+        print(Timing("  CPU per test (difference / tests)", cpu.samples).line())
+        docker = zip(many.daemon_cpus, empty.daemon_cpus, strict=False)
+        print(Timing("    of it the docker side's", tuple((a - b) / n for a, b in docker)).line())
+        print(Timing("  a test's setup (start + wait)", tuple(many.setups)).line())
+        print(Timing("  a test's teardown (removal)", tuple(many.teardowns)).line())
+        busy = Timing("", tuple(many.others + empty.others))
+        print(f"  other processes kept p50 {busy.median:.2f} cores busy during these runs")
+        rows.append((tool.name, cost, cpu))
+    print("\n   side by side, per test (p50 over runs):")
+    for name, cost, cpu in rows:
+        print(
+            f"   {name:<20} wall {cost.median * 1000:8.1f} ms   CPU {cpu.median * 1000:8.1f} ms"
+            f"   runs {len(cost.samples)}"
+        )
+    base_cost, base_cpu = ours
+    for name, cost, cpu in rows[1:]:
+        print(
+            f"   {name} / minidock: {cost.median / base_cost.median:.1f}x the wall time, "
+            f"{cpu.median / base_cpu.median:.1f}x the CPU time"
+        )
 
 
 def _median_ci(samples: list[float]) -> tuple[float, float]:
