@@ -54,3 +54,8 @@ def tar_bytes(*members: Member) -> bytes:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
+
+
+def files_tar(members: dict[str, bytes]) -> bytes:
+    """A PAX tar of regular files (mode 0644, mtime 0), ``{name: content}`` in order."""
+    return tar_bytes(*(f(name, data, mtime=0) for name, data in members.items()))

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import stat
-import tarfile
 import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -26,6 +25,7 @@ from pytest_minidock.errors import DigestMismatch, RegistryError, StoreError
 from pytest_minidock.reference import Reference
 from pytest_minidock.store.layers import compress_tar, layer_from_dir
 from pytest_minidock.store.store import Store
+from tests.support.tars import files_tar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,17 +34,6 @@ _real_fsync = os.fsync
 _real_replace = os.replace
 _real_rename = os.rename
 _real_link = os.link
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _resolve(path: Any, dir_fd: int | None) -> Path:
@@ -197,7 +186,7 @@ def test_small_in_memory_gzip_layer_fsyncs_before_the_rename(
 ) -> None:
     """A tar of at most ``_SMALL_LAYER`` bytes (``WORKDIR``, a small ``COPY``): compressed from
     memory by ``compress_tar_bytes``."""
-    blob = store.add_layer(io.BytesIO(_tar({"etc/app.conf": b"x=1\n"})), source="small")
+    blob = store.add_layer(io.BytesIO(files_tar({"etc/app.conf": b"x=1\n"})), source="small")
     _assert_committed(journal, store, blob.digest)
 
 
@@ -209,7 +198,7 @@ def test_large_gzip_layer_fsyncs_before_the_rename(
     import pytest_minidock.store.store as store_module
 
     monkeypatch.setattr(store_module, "_SMALL_LAYER", 4096)
-    data = _tar({"big": os.urandom(3 << 20), "small": b"s"})
+    data = files_tar({"big": os.urandom(3 << 20), "small": b"s"})
     blob = store.add_layer(io.BytesIO(data), source="large")
     assert blob.uncompressed_size == len(data)
     _assert_committed(journal, store, blob.digest)
@@ -218,14 +207,16 @@ def test_large_gzip_layer_fsyncs_before_the_rename(
 def test_streamed_gzip_layer_without_unpacking_fsyncs_before_the_rename(
     store: Store, journal: Journal
 ) -> None:
-    blob = store.add_layer(io.BytesIO(_tar({"f": os.urandom(1 << 20)})), source="s", unpack=False)
+    blob = store.add_layer(
+        io.BytesIO(files_tar({"f": os.urandom(1 << 20)})), source="s", unpack=False
+    )
     _assert_committed(journal, store, blob.digest)
 
 
 def test_uncompressed_layer_fsyncs_before_the_rename(tmp_path: Path, journal: Journal) -> None:
     store = Store(tmp_path / "store", compression="none")
     for source in (b"", os.urandom(2 << 20)):  # in memory, then streamed
-        blob = store.add_layer(io.BytesIO(_tar({"f": source})), source="plain", unpack=False)
+        blob = store.add_layer(io.BytesIO(files_tar({"f": source})), source="plain", unpack=False)
         _assert_committed(journal, store, blob.digest)
 
 
@@ -249,7 +240,7 @@ def test_import_makes_every_blob_durable_before_the_index_names_it(
     store: Store, journal: Journal
 ) -> None:
     record = store.import_tarball(
-        io.BytesIO(_tar({"bin/sh": b"#!", "etc/passwd": b"root:x:0:0::/:/bin/sh\n"})),
+        io.BytesIO(files_tar({"bin/sh": b"#!", "etc/passwd": b"root:x:0:0::/:/bin/sh\n"})),
         [Reference.parse("durable:1")],
         source="test",
     )
@@ -266,7 +257,9 @@ def test_write_image_makes_every_blob_durable_before_the_index_names_it(
     """An image copied from another store (as a load or a pull does): layers through
     ``BlobStore.ingest``, config and manifest through ``write_bytes``."""
     source = Store(tmp_path / "source")
-    source.import_tarball(io.BytesIO(_tar({"f": os.urandom(4096)})), [Reference.parse("src:1")])
+    source.import_tarball(
+        io.BytesIO(files_tar({"f": os.urandom(4096)})), [Reference.parse("src:1")]
+    )
     journal.events.clear()
     journal.synced.clear()
     record = store.write_image(source.image("src:1"), [Reference.parse("copy:1")])
@@ -345,7 +338,7 @@ def test_a_source_that_breaks_mid_layer_leaves_nothing(
     import pytest_minidock.store.store as store_module
 
     monkeypatch.setattr(store_module, "_SMALL_LAYER", small_layer)
-    data = _tar({"a": os.urandom(64 << 10), "b": os.urandom(2 << 20)})
+    data = files_tar({"a": os.urandom(64 << 10), "b": os.urandom(2 << 20)})
     with pytest.raises((OSError, StoreError), match="source broke"):
         store.add_layer(io.BufferedReader(BrokenSource(data[:80_000])), source="s", unpack=unpack)
     _assert_clean(store)
@@ -389,7 +382,7 @@ def test_a_failed_fsync_of_a_gzip_layer_is_a_store_error_and_leaves_nothing(
     monkeypatch.setattr(store_module, "_SMALL_LAYER", small_layer)
     calls = _failing_file_fsync(monkeypatch)
     with pytest.raises(StoreError, match=r"cannot compress tar stream into .*: Input/output"):
-        store.add_layer(io.BytesIO(_tar({"f": os.urandom(8192)})), source="t")
+        store.add_layer(io.BytesIO(files_tar({"f": os.urandom(8192)})), source="t")
     assert calls, "the gzip layer's bytes were never fsynced"
     _assert_clean(store)
     assert list(store.paths.snapshots.iterdir()) == []
@@ -409,7 +402,7 @@ def test_a_failed_fsync_of_a_layer_from_a_tree_removes_it(
         layer_from_dir(tree, out)
     assert not out.exists()
     with pytest.raises(StoreError, match="cannot compress tar stream into"):
-        compress_tar(io.BytesIO(_tar({"f": b"x"})), out)
+        compress_tar(io.BytesIO(files_tar({"f": b"x"})), out)
     assert not out.exists()
 
 
@@ -425,7 +418,7 @@ def test_a_failed_rename_into_the_store_leaves_nothing(
     with pytest.raises(StoreError, match=r"cannot store blob sha256:\w+ at .*cross-device"):
         store.blobs.write_bytes(b"blob")
     with pytest.raises(StoreError, match=r"cannot store blob sha256:\w+ at .*cross-device"):
-        store.add_layer(io.BytesIO(_tar({"f": b"x"})), source="t", unpack=False)
+        store.add_layer(io.BytesIO(files_tar({"f": b"x"})), source="t", unpack=False)
     _assert_clean(store)
 
 

@@ -23,23 +23,13 @@ from pytest_minidock.image.archive import ArchiveReader, save_archive
 from pytest_minidock.image.validate import validate_image
 from pytest_minidock.reference import Reference
 from pytest_minidock.store.store import Store
+from tests.support.tars import files_tar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
 R = Reference.parse
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _import(store: Store, data: bytes, name: str | None = None) -> Digest:
@@ -78,7 +68,7 @@ def test_import_list_and_inspect(store: Store, busybox_rootfs: Path) -> None:
 def test_import_accepts_gzip_input_with_the_same_diff_id(store: Store) -> None:
     import gzip
 
-    data = _tar({"a": b"x"})
+    data = files_tar({"a": b"x"})
     plain = _import(store, data, "a:plain")
     zipped = _import(store, gzip.compress(data), "a:gz")
     assert store.resolve("a:plain").diff_ids == store.resolve("a:gz").diff_ids
@@ -86,7 +76,7 @@ def test_import_accepts_gzip_input_with_the_same_diff_id(store: Store) -> None:
 
 
 def test_same_content_gives_same_layer_blob(store: Store) -> None:
-    data = _tar({"etc/hello": b"hi\n"})
+    data = files_tar({"etc/hello": b"hi\n"})
     _import(store, data, "one")
     _import(store, data, "two")
     layers = {store.image(n).manifest().layers[0].digest for n in ("one", "two")}
@@ -101,8 +91,8 @@ def test_unknown_image_and_bad_names(store: Store) -> None:
 
 
 def test_retag_leaves_a_dangling_image_and_prune_removes_it(store: Store) -> None:
-    old = _import(store, _tar({"v": b"1"}), "app:1")
-    new = _import(store, _tar({"v": b"2"}), "app:1")
+    old = _import(store, files_tar({"v": b"1"}), "app:1")
+    new = _import(store, files_tar({"v": b"2"}), "app:1")
     records = {r.id: r for r in store.images()}
     assert records[old].names == ()
     assert records[new].names == (R("app:1"),)
@@ -114,7 +104,7 @@ def test_retag_leaves_a_dangling_image_and_prune_removes_it(store: Store) -> Non
 
 
 def test_rmi_untags_then_deletes_and_collects_blobs(store: Store) -> None:
-    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    image_id = _import(store, files_tar({"f": b"data"}), "x:1")
     store.tag("x:1", R("x:2"))
     assert store.remove("x:1") == ["Untagged: x:1"]
     assert store.resolve("x:2").id == image_id
@@ -127,7 +117,7 @@ def test_rmi_untags_then_deletes_and_collects_blobs(store: Store) -> None:
 
 
 def test_rmi_by_id_with_several_names_needs_force(store: Store) -> None:
-    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    image_id = _import(store, files_tar({"f": b"data"}), "x:1")
     store.tag("x:1", R("y:1"))
     with pytest.raises(ImageInUse, match="referenced in multiple repositories"):
         store.remove(image_id.short)
@@ -136,7 +126,7 @@ def test_rmi_by_id_with_several_names_needs_force(store: Store) -> None:
 
 
 def test_rmi_of_an_image_in_use(store: Store) -> None:
-    image_id = _import(store, _tar({"f": b"data"}), "x:1")
+    image_id = _import(store, files_tar({"f": b"data"}), "x:1")
     with pytest.raises(ImageInUse, match="a container is using it"):
         store.remove("x:1", in_use=lambda d: d == image_id)
     assert store.remove("x:1", force=True, in_use=lambda d: d == image_id) == ["Untagged: x:1"]
@@ -198,7 +188,7 @@ def _legacy_archive(layer: bytes, config: bytes, tags: list[str]) -> bytes:
 
 
 def test_load_legacy_docker_archive(store: Store) -> None:
-    layer = _tar({"hello.txt": b"hello"})
+    layer = files_tar({"hello.txt": b"hello"})
     config = json.dumps(
         {
             "architecture": "amd64",
@@ -219,7 +209,7 @@ def test_load_legacy_docker_archive(store: Store) -> None:
 
 
 def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store: Store) -> None:
-    layer = _tar({"hello.txt": b"hello"})
+    layer = files_tar({"hello.txt": b"hello"})
     config = json.dumps(
         {
             "architecture": "amd64",
@@ -250,7 +240,7 @@ def test_malicious_layers_are_refused_with_nothing_written(
 ) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(UnsafeLayer, match="test"):
-        _import(store, _tar(evil), "evil:1")
+        _import(store, files_tar(evil), "evil:1")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (store.root.parent / "escape").exists()
     assert store.images() == []
@@ -283,7 +273,7 @@ def test_stale_temp_files_of_dead_writers_are_collected(store: Store) -> None:
 
 
 def test_check_reports_a_corrupt_blob(store: Store) -> None:
-    _import(store, _tar({"f": b"data"}), "x:1")
+    _import(store, files_tar({"f": b"data"}), "x:1")
     layer = store.image("x:1").manifest().layers[0].digest
     path = store.blobs.path(layer)
     os.chmod(path, 0o644)
@@ -302,7 +292,7 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
 def test_an_incomplete_snapshot_is_unpacked_again_not_reused(store: Store) -> None:
     """A snapshot counts only with its ``size`` file (written last, before publication): one an
     interrupted deletion left under its real name is discarded and unpacked afresh."""
-    image = _import(store, _tar({"d/keep": b"keep", "d/other": b"other"}), "half:1")
+    image = _import(store, files_tar({"d/keep": b"keep", "d/other": b"other"}), "half:1")
     diff_id = store.resolve("half:1").diff_ids[0]
     fs = store.snapshot(diff_id)
     snap = fs.parent
@@ -341,7 +331,7 @@ def test_small_and_large_layers_are_stored_alike(
     blob, the same diff_id and the same snapshot either way."""
     import pytest_minidock.store.store as store_module
 
-    data = _tar({"a/one": b"1" * 3000, "a/two": b"two", "b": os.urandom(5000)})
+    data = files_tar({"a/one": b"1" * 3000, "a/two": b"two", "b": os.urandom(5000)})
     small = Store(tmp_path / "small")
     blob_small = small.add_layer(io.BytesIO(data), source="small")
     monkeypatch.setattr(store_module, "_SMALL_LAYER", 700)  # the tar is larger: threaded path
@@ -371,7 +361,7 @@ def test_a_layer_stored_again_reuses_its_blob_and_snapshot(
     time and its blob file is left as it is."""
     import pytest_minidock.store.snapshots as snapshots_module
 
-    data = _tar({"app/file": b"content"})
+    data = files_tar({"app/file": b"content"})
     first = store.add_layer(io.BytesIO(data), source="first")
     blob_inode = store.blobs.path(first.digest).stat().st_ino
     snap = store.snapshot(first.diff_id)
@@ -414,7 +404,9 @@ def test_an_image_s_blobs_are_synced_once_before_the_index_names_it(
     monkeypatch.setattr(blobs_module, "fsync_dir", recording)
     monkeypatch.setattr(index_module, "fsync_dir", recording)
     monkeypatch.setattr(index_module.ImageIndex, "_write", write)
-    blobs = [store.add_layer(io.BytesIO(_tar({f"f{i}": b"x" * i})), source="t") for i in (1, 2)]
+    blobs = [
+        store.add_layer(io.BytesIO(files_tar({f"f{i}": b"x" * i})), source="t") for i in (1, 2)
+    ]
     assert events == []  # no fsync per layer
     config = ImageConfig(diff_ids=tuple(b.diff_id for b in blobs))
     layers = [Descriptor(store.layer_media_type, b.digest, b.size) for b in blobs]
@@ -430,7 +422,7 @@ def test_gc_takes_a_snapshot_out_of_snapshots_before_deleting_it(
     under its real name, and the failure is reported."""
     import pytest_minidock.store.store as store_module
 
-    _import(store, _tar({"f": b"gone soon"}), "gone:1")
+    _import(store, files_tar({"f": b"gone soon"}), "gone:1")
     diff_id = store.resolve("gone:1").diff_ids[0]
     snap = store.snapshot(diff_id).parent
 
