@@ -161,3 +161,14 @@ def store(tmp_path: Path) -> Store:
     from pytest_minidock.store.store import Store
 
     return Store(tmp_path / "store")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The tests use the library in this process too (engines, networks): close its nf_tables
+    socket, as the plugin's session end does, rather than leave it to the exit (a
+    ``ResourceWarning``, an error under ``filterwarnings = error``)."""
+    import sys
+
+    nftables = sys.modules.get("pytest_minidock.runtime.nftables")
+    if nftables is not None:
+        nftables.close()

@@ -1,7 +1,7 @@
 """The end of a session: the last test's containers are removed in place (the session waits for
 them right after, so no reaper thread), the veths of removed containers are deleted in the
-background and settled before pytest ends, and nothing is left: no container, process, veth or
-endpoint."""
+background and settled before pytest ends, and nothing is left: no container, process, veth,
+endpoint or open nf_tables socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_minidock.fixtures.reaper import Reaper
-from pytest_minidock.runtime import network
+from pytest_minidock.runtime import network, nftables
 from tests.plugin.conftest import HTTPD, inner_args, process_exists
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def _nothing_left(engine: Engine, used: list[dict[str, Any]]) -> None:
         for name in row["links"]:
             assert f" {name}@" not in links, row  # settled before pytest ended
     assert not network._pending  # (every deletion joined)
+    assert not nftables._sockets  # closed at the end, not left to the exit (a ResourceWarning)
 
 
 def test_a_session_container_is_removed_in_place_and_leaves_nothing(
