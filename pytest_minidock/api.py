@@ -274,6 +274,8 @@ class Engine:
         self, container: str, *, stdio: Stdio | None = None, detached: bool = False
     ) -> Started:
         """``docker start``: start a created or stopped container."""
+        # its snapshots were recorded when it was made, perhaps before a reboot: checked once
+        self.store.recheck_lowerdirs(self.runtime.state.find(container).config["LowerDirs"])
         return self.runtime.start(container, stdio=stdio, detached=detached)
 
     def run(

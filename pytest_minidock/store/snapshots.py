@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, BinaryIO, Final, Literal, Self, TypeAlias
 
-__all__ = ["ExtractPolicy", "extract_layer"]
+__all__ = ["ExtractPolicy", "extract_layer", "first_mismatch", "regular_files"]
 
 CHUNK: Final = 1 << 20
 _TAR_BUFSIZE: Final = 1 << 16
@@ -70,6 +70,7 @@ _PRIVILEGED_XATTR_PREFIXES: Final = ("trusted.", "security.")
 _XATTR_SKIPPABLE_ERRNOS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -1048,3 +1049,186 @@ def _empty_dir(root_fd: int) -> None:
                 continue
     except OSError:
         return
+
+
+# ---- checking a snapshot against its layer ---------------------------------------------------
+
+
+def regular_files(tar_stream: BinaryIO, *, source: str) -> tuple[dict[bytes, int], int]:
+    """The regular files an ``extract_layer`` of the layer tar ``tar_stream`` leaves, by path
+    relative to the snapshot (``a/b``) with their sizes, and the bytes of file content it
+    writes (what it returns), from the members' headers alone: nothing is written.
+
+    Members are read and named as ``extract_layer`` reads and names them (the same reader,
+    tarfile past a form it leaves, ``.``/``//`` dropped); a later member replaces an earlier one
+    of its path (a directory replaced by a file takes its whole tree along), a whiteout removes
+    the path it names, aufs metadata and whiteouts are never regular files, and a hardlink has
+    the size its target had when it was made. ``StoreError`` for a tar that is not valid or a
+    member ``extract_layer`` would have refused (a snapshot of it cannot be checked)."""
+    walk = _Walk(source)
+    reader = _TarReader(tar_stream)
+    try:
+        try:
+            while (member := reader.next()) is not None:
+                walk.member = member.name
+                walk.one(member)
+        except _Handover as handover:
+            walk.run_tarfile(_Prefixed(handover.data, tar_stream))
+    except StoreError:
+        raise
+    except (_BadTar, EOFError, zlib.error, OSError) as exc:
+        raise StoreError(
+            f"layer {source} is not a valid tar at member {walk.member!r}: {exc}"
+        ) from exc
+    return walk.files, walk.written
+
+
+class _Walk:
+    """What ``regular_files`` keeps while it reads the members (paths as ``_State`` has them)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.member = ""
+        self.files: dict[bytes, int] = {}
+        self.written = 0
+        self._dirs: set[bytes] = set()  # directories there are, named or implied by a member
+        self._parents: tuple[bytes, ...] | None = None
+
+    def refuse(self, reason: str) -> StoreError:
+        return StoreError(f"layer {self.source}: member {self.member!r}: {reason}")
+
+    def run_tarfile(self, stream: Any) -> None:
+        import tarfile
+
+        strict_info, stream_tarfile = _tarfile_classes()
+        try:
+            with stream_tarfile.open(
+                fileobj=stream,
+                mode="r|",
+                bufsize=_TAR_BUFSIZE,
+                encoding="utf-8",
+                errors="surrogateescape",
+                tarinfo=strict_info,
+            ) as tf:
+                while (member := tf.next()) is not None:
+                    tf.members.clear()
+                    self.member = member.name
+                    self.one(member)
+        except tarfile.TarError as exc:
+            raise _BadTar(str(exc)) from exc
+
+    def _split(self, name: str) -> list[bytes]:
+        """``_Extractor._split``'s components of a name (``StoreError`` where it refuses)."""
+        raw = os.fsencode(name)
+        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+        if (
+            b"\0" in raw
+            or len(raw) > MAX_PATH_BYTES
+            or raw.startswith(b"/")
+            or len(parts) > MAX_DEPTH
+            or any(p == b".." or len(p) > MAX_NAME_BYTES for p in parts)
+        ):
+            raise self.refuse("a name extraction refuses")
+        return parts
+
+    def _clear(self, rel: bytes) -> None:
+        """What ``_Extractor._clear`` removes at ``rel``: the entry, and its tree if a dir."""
+        self.files.pop(rel, None)
+        if rel in self._dirs:
+            below = rel + b"/"
+            for gone in [p for p in self.files if p.startswith(below)]:
+                del self.files[gone]
+            self._dirs = {d for d in self._dirs if d != rel and not d.startswith(below)}
+            self._parents = None
+
+    def one(self, member: _Member) -> None:
+        parts = self._split(member.name)
+        if not parts:
+            if not member.isdir():
+                raise self.refuse("only a directory may stand for the layer root")
+            return
+        if len(parts) > 1 and parts[0].startswith(_WH_META_PREFIX):
+            return  # aufs metadata: skipped
+        parents, leaf = parts[:-1], parts[-1]
+        key = tuple(parents)
+        if key != self._parents:  # the parents are made (directories) if missing
+            for i in range(1, len(parents) + 1):
+                self._dirs.add(_rel(parents[:i]))
+            self._parents = key
+        rel = _rel(parts)
+        if leaf.startswith(_WH_PREFIX):
+            if leaf == _WH_OPAQUE or leaf.startswith(_WH_META_PREFIX):
+                return
+            name = leaf[len(_WH_PREFIX) :]
+            if name in (b"", b".", b".."):
+                raise self.refuse("whiteout names no entry")
+            self._clear(_rel([*parents, name]))
+        elif member.isreg():
+            self._clear(rel)
+            self.files[rel] = member.size
+            self.written += member.size
+        elif member.isdir():
+            if rel not in self._dirs:
+                self._clear(rel)
+                self._dirs.add(rel)
+        elif member.islnk():
+            target = _rel(self._split(member.linkname))
+            self._clear(rel)
+            size = self.files.get(target)
+            if size is None or target == rel:
+                raise self.refuse(f"hardlink target {member.linkname!r} is not an earlier file")
+            self.files[rel] = size
+        elif member.issym() or member.ischr() or member.isblk() or member.isfifo():
+            self._clear(rel)
+        else:
+            raise self.refuse(f"unsupported tar entry type {member.type!r}")
+
+
+def first_mismatch(fs: Path, files: dict[bytes, int]) -> bytes | None:
+    """The first of ``files`` (``regular_files``'s) that the snapshot directory ``fs`` lacks,
+    holds as something else than a regular file, or holds with another size; None if all
+    match. Parents are opened ``O_PATH | O_NOFOLLOW`` from ``fs`` down (a symlink on the way is
+    a mismatch, never followed), so only search permission is needed; a directory that cannot
+    be searched is a mismatch too (the snapshot cannot be checked)."""
+    root_fd = os.open(fs, _PATH_FLAGS)
+    cache_key: bytes | None = None
+    cache_fd = -1
+    try:
+        for rel in sorted(files, key=_parent_of):  # (each directory opened once)
+            parent, _, leaf = rel.rpartition(b"/")
+            try:
+                if parent != cache_key:
+                    if cache_fd >= 0:
+                        os.close(cache_fd)
+                    cache_fd, cache_key = -1, None
+                    cache_fd = _open_path(root_fd, parent)
+                    cache_key = parent
+                st = os.stat(leaf, dir_fd=cache_fd, follow_symlinks=False)
+            except OSError:
+                return rel
+            if not stat.S_ISREG(st.st_mode) or st.st_size != files[rel]:
+                return rel
+        return None
+    finally:
+        if cache_fd >= 0:
+            os.close(cache_fd)
+        os.close(root_fd)
+
+
+def _parent_of(rel: bytes) -> bytes:
+    return rel.rpartition(b"/")[0]
+
+
+def _open_path(root_fd: int, rel: bytes) -> int:
+    """An ``O_PATH`` descriptor of the directory ``rel`` below ``root_fd``, never following a
+    symlink (``OSError`` if one is on the way)."""
+    cur = os.dup(root_fd)
+    try:
+        for part in rel.split(b"/") if rel else ():
+            nxt = os.open(part, _PATH_FLAGS, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+    except BaseException:
+        os.close(cur)
+        raise
+    return cur
