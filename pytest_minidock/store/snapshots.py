@@ -482,6 +482,29 @@ if TYPE_CHECKING:
     """Opens a member's content (something with ``readinto``)."""
 
 
+def _each_tarfile_member(stream: Any, visit: Callable[[Any, Any], None]) -> None:
+    """Read the rest of a layer stream with tarfile (strict headers: ``_tarfile_classes``),
+    calling ``visit(member, extractfile)`` for each member; tarfile's errors, also those of
+    ``visit`` reading a member, come out as ``_BadTar``."""
+    import tarfile
+
+    strict_info, stream_tarfile = _tarfile_classes()
+    try:
+        with stream_tarfile.open(
+            fileobj=stream,
+            mode="r|",
+            bufsize=_TAR_BUFSIZE,
+            encoding="utf-8",
+            errors="surrogateescape",
+            tarinfo=strict_info,
+        ) as tf:
+            while (member := tf.next()) is not None:
+                tf.members.clear()  # a stream has no use for them: keep memory flat
+                visit(member, tf.extractfile)
+    except tarfile.TarError as exc:
+        raise _BadTar(str(exc)) from exc
+
+
 @dataclass(slots=True)
 class _DirMeta:
     mode: int
@@ -588,24 +611,12 @@ class _Extractor:
 
     def _run_tarfile(self, stream: Any) -> None:
         """The rest of the layer, from a member ``_TarReader`` leaves to tarfile."""
-        import tarfile
 
-        strict_info, stream_tarfile = _tarfile_classes()
-        try:
-            with stream_tarfile.open(
-                fileobj=stream,
-                mode="r|",
-                bufsize=_TAR_BUFSIZE,
-                encoding="utf-8",
-                errors="surrogateescape",
-                tarinfo=strict_info,
-            ) as tf:
-                while (member := tf.next()) is not None:
-                    tf.members.clear()  # a stream has no use for them: keep memory flat
-                    self._member = member.name
-                    self._one(member, tf.extractfile)
-        except tarfile.TarError as exc:
-            raise _BadTar(str(exc)) from exc
+        def visit(member: Any, extract: Any) -> None:
+            self._member = member.name
+            self._one(member, extract)
+
+        _each_tarfile_member(stream, visit)
 
     # ---- names ------------------------------------------------------------------------------
 
@@ -1098,24 +1109,11 @@ class _Walk:
         return StoreError(f"layer {self.source}: member {self.member!r}: {reason}")
 
     def run_tarfile(self, stream: Any) -> None:
-        import tarfile
+        def visit(member: Any, extract: Any) -> None:
+            self.member = member.name
+            self.one(member)
 
-        strict_info, stream_tarfile = _tarfile_classes()
-        try:
-            with stream_tarfile.open(
-                fileobj=stream,
-                mode="r|",
-                bufsize=_TAR_BUFSIZE,
-                encoding="utf-8",
-                errors="surrogateescape",
-                tarinfo=strict_info,
-            ) as tf:
-                while (member := tf.next()) is not None:
-                    tf.members.clear()
-                    self.member = member.name
-                    self.one(member)
-        except tarfile.TarError as exc:
-            raise _BadTar(str(exc)) from exc
+        _each_tarfile_member(stream, visit)
 
     def _split(self, name: str) -> list[bytes]:
         """``_Extractor._split``'s components of a name (``StoreError`` where it refuses)."""
