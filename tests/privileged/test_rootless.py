@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pwd
 import shutil
@@ -24,7 +25,7 @@ import tarfile
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -428,3 +429,95 @@ def test_the_full_map_keeps_the_owners_of_image_files_and_rmi_removes_them(clean
     # the fixture's images, back for the other tests
     for tar, ref in (("busybox.tar", "busybox:latest"), ("owned.tar", "owned:latest")):
         clean.ok("import", "--change", 'CMD ["sh"]', str(clean.home / tar), ref)
+
+
+# ---- snapshots of an earlier boot (a crash may have emptied their files) -------------------------
+
+CHECK = """
+import json, sys
+from pytest_minidock.api import Engine
+store = Engine().store
+dirs = [str(d) for d in store.lowerdirs(sys.argv[1])]
+print(json.dumps({"lowerdirs": dirs, "counts": [store.checked_snapshots,
+                                                store.repaired_snapshots]}))
+"""
+"""The snapshots of an image, made or checked by a new store as the user: its lower dirs, and
+how many snapshots of an earlier boot it checked and unpacked again."""
+
+USERNS = {"full": {}, "single": {"MINIDOCK_USERNS": "single"}}
+THIS_BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+def _lowerdirs(user: User, ref: str, **env: str) -> dict[str, Any]:
+    """``CHECK`` as the user in a new process: its answer (the JSON of its last line)."""
+    done = user.run(user.python, "-c", CHECK, ref, **env)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return answer
+
+
+def _owned_snapshot(user: User, userns: str) -> Path:
+    """The snapshot of ``owned``'s layer in this map's form, made (or found) in this boot."""
+    answer = _lowerdirs(user, "owned", **USERNS[userns])
+    assert answer["counts"] == [0, 0]
+    snaps = [Path(d).parent for d in answer["lowerdirs"] if Path(d, "opt", "data").is_dir()]
+    assert len(snaps) == 1, answer
+    assert snaps[0].name.endswith(".subids") == (userns == "full")
+    return snaps[0]
+
+
+def _made_in_another_boot(snap: Path) -> str:
+    """Rewrite the ``size`` marker of ``snap`` (``<size> <boot id>``) as one of another boot;
+    the size it names."""
+    size, boot = (snap / "size").read_text().split()
+    assert boot == THIS_BOOT
+    (snap / "size").write_text(f"{size} {OTHER_BOOT}")
+    return size
+
+
+@pytest.mark.parametrize("userns", ["full", "single"])
+def test_an_intact_snapshot_of_an_earlier_boot_is_checked_once_and_kept(
+    clean: User, userns: str
+) -> None:
+    """With the full map the check runs in the containers' user namespace (``as_owner``): the
+    snapshot holds a 0700 directory of a subordinate uid that the user cannot search."""
+    snap = _owned_snapshot(clean, userns)
+    size = _made_in_another_boot(snap)
+    data = snap / "fs" / "opt" / "data" / "f"
+    inodes = (snap.stat().st_ino, (snap / "fs").stat().st_ino, data.stat().st_ino)
+    assert _lowerdirs(clean, "owned", **USERNS[userns])["counts"] == [1, 0]
+    assert (snap.stat().st_ino, (snap / "fs").stat().st_ino, data.stat().st_ino) == inodes
+    assert (snap / "size").read_text() == f"{size} {THIS_BOOT}"
+    assert (snap / "size").stat().st_uid == clean.uid
+    assert list((clean.store / "tmp").iterdir()) == []
+    # marked with this boot: a new store does not check it again
+    assert _lowerdirs(clean, "owned", **USERNS[userns])["counts"] == [0, 0]
+    assert data.stat().st_ino == inodes[2]
+
+
+@pytest.mark.parametrize("userns", ["full", "single"])
+def test_a_snapshot_of_an_earlier_boot_with_an_emptied_file_is_unpacked_again(
+    clean: User, userns: str
+) -> None:
+    """What a crash leaves of a file never synced: its name, without its content."""
+    snap = _owned_snapshot(clean, userns)
+    size = _made_in_another_boot(snap)
+    data = snap / "fs" / "opt" / "data" / "f"
+    hello = snap / "fs" / "opt" / "hello"
+    full = userns == "full"
+    owners = (clean.subuid + 4321 - 1, clean.subuid + 1234 - 1) if full else (clean.uid,) * 2
+    assert (data.stat().st_uid, hello.stat().st_uid) == owners
+    os.truncate(data, 0)
+    assert _lowerdirs(clean, "owned", **USERNS[userns])["counts"] == [1, 1]
+    assert data.read_bytes() == b"data of 4321\n"
+    assert (data.stat().st_uid, hello.stat().st_uid) == owners
+    assert (data.parent.stat().st_uid, data.parent.stat().st_mode & 0o777) == (owners[0], 0o700)
+    assert (snap / "size").read_text() == f"{size} {THIS_BOOT}"
+    assert list((clean.store / "tmp").iterdir()) == []
+    assert _lowerdirs(clean, "owned", **USERNS[userns])["counts"] == [0, 0]
+    script = "stat -c %u /opt/data/f; cat /opt/data/f"
+    out = clean.ok(
+        "run", "--rm", "--network", "none", "owned", "sh", "-c", script, **USERNS[userns]
+    )
+    assert out == ("4321\n" if full else "0\n") + "data of 4321\n"
