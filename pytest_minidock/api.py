@@ -275,7 +275,7 @@ class Engine:
     ) -> Started:
         """``docker start``: start a created or stopped container."""
         # its snapshots were recorded when it was made, perhaps before a reboot: checked once
-        self.store.recheck_lowerdirs(self.runtime.state.find(container).config["LowerDirs"])
+        self.store.recheck_lowerdirs(self.runtime.lower_dirs(container))
         return self.runtime.start(container, stdio=stdio, detached=detached)
 
     def run(

@@ -482,6 +482,13 @@ class Runtime:
             raise RuntimeFailure(f"container {record.name} is already running")
         return record, self.spec_of(record)
 
+    def lower_dirs(self, cid: str) -> list[str]:
+        """The image layers a container's root filesystem is made of (its ``LowerDirs``): as
+        ``create`` just made it in this process (no second read), else read back."""
+        fresh = self._fresh.get(cid)
+        record = fresh[0] if fresh is not None else self.state.find(cid)
+        return list(record.config["LowerDirs"])
+
     def spec_of(self, record: ContainerRecord) -> ContainerSpec:
         from pytest_minidock.spec import ContainerSpec
 

@@ -946,7 +946,7 @@ class Store:
                 diff_id = Digest("sha256", name.removesuffix(OWNED_SUFFIX))
             except ValueError:
                 continue
-            if _read_marker(snap) is not None and not self._fresh_snapshot(diff_id, snap):
+            if not self._fresh_snapshot(diff_id, snap) and _read_marker(snap) is not None:
                 self.snapshot(diff_id)
 
     def lowerdirs(self, text: str) -> list[Path]:
