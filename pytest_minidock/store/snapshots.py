@@ -482,6 +482,27 @@ if TYPE_CHECKING:
     """Opens a member's content (something with ``readinto``)."""
 
 
+def _split_name(name: str, what: str, refuse: Callable[[str], Exception]) -> list[bytes]:
+    """The components of a member or link name (``.`` and ``//`` dropped), or ``refuse(why)``
+    raised for one extraction never follows: NUL, too long, absolute, ``..``, too deep."""
+    raw = os.fsencode(name)
+    if b"\0" in raw:
+        raise refuse(f"{what} contains a NUL byte")
+    if len(raw) > MAX_PATH_BYTES:
+        raise refuse(f"{what} is longer than {MAX_PATH_BYTES} bytes")
+    if raw.startswith(b"/"):
+        raise refuse(f"{what} is an absolute path")
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    for part in parts:
+        if part == b"..":
+            raise refuse(f"{what} has a '..' component")
+        if len(part) > MAX_NAME_BYTES:
+            raise refuse(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise refuse(f"{what} is nested deeper than {MAX_DEPTH} directories")
+    return parts
+
+
 def _each_tarfile_member(stream: Any, visit: Callable[[Any, Any], None]) -> None:
     """Read the rest of a layer stream with tarfile (strict headers: ``_tarfile_classes``),
     calling ``visit(member, extractfile)`` for each member; tarfile's errors, also those of
@@ -622,22 +643,7 @@ class _Extractor:
 
     def _split(self, name: str, what: str) -> list[bytes]:
         """Validate a member or link name and return its components (``.`` and ``//`` dropped)."""
-        raw = os.fsencode(name)
-        if b"\0" in raw:
-            raise self.unsafe(f"{what} contains a NUL byte")
-        if len(raw) > MAX_PATH_BYTES:
-            raise self.unsafe(f"{what} is longer than {MAX_PATH_BYTES} bytes")
-        if raw.startswith(b"/"):
-            raise self.unsafe(f"{what} is an absolute path")
-        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-        for part in parts:
-            if part == b"..":
-                raise self.unsafe(f"{what} has a '..' component")
-            if len(part) > MAX_NAME_BYTES:
-                raise self.unsafe(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
-        if len(parts) > MAX_DEPTH:
-            raise self.unsafe(f"{what} is nested deeper than {MAX_DEPTH} directories")
-        return parts
+        return _split_name(name, what, self.unsafe)
 
     # ---- directory walking (never follows a symlink) ----------------------------------------
 
@@ -1115,19 +1121,9 @@ class _Walk:
 
         _each_tarfile_member(stream, visit)
 
-    def _split(self, name: str) -> list[bytes]:
+    def _split(self, name: str, what: str) -> list[bytes]:
         """``_Extractor._split``'s components of a name (``StoreError`` where it refuses)."""
-        raw = os.fsencode(name)
-        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-        if (
-            b"\0" in raw
-            or len(raw) > MAX_PATH_BYTES
-            or raw.startswith(b"/")
-            or len(parts) > MAX_DEPTH
-            or any(p == b".." or len(p) > MAX_NAME_BYTES for p in parts)
-        ):
-            raise self.refuse("a name extraction refuses")
-        return parts
+        return _split_name(name, what, self.refuse)
 
     def _clear(self, rel: bytes) -> None:
         """What ``_Extractor._clear`` removes at ``rel``: the entry, and its tree if a dir."""
@@ -1140,7 +1136,7 @@ class _Walk:
             self._parents = None
 
     def one(self, member: _Member) -> None:
-        parts = self._split(member.name)
+        parts = self._split(member.name, "name")
         if not parts:
             if not member.isdir():
                 raise self.refuse("only a directory may stand for the layer root")
@@ -1170,7 +1166,7 @@ class _Walk:
                 self._clear(rel)
                 self._dirs.add(rel)
         elif member.islnk():
-            target = _rel(self._split(member.linkname))
+            target = _rel(self._split(member.linkname, "hardlink target"))
             self._clear(rel)
             size = self.files.get(target)
             if size is None or target == rel:
