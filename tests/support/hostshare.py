@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_minidock.runtime.state import process_start_time
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -57,21 +59,12 @@ def _boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def _start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot), None if there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[19])
-
-
 def _alive(user: dict[str, Any], boot: str) -> bool:
-    return user.get("boot") == boot and _start_time(int(user["pid"])) == user.get("start")
+    return user.get("boot") == boot and process_start_time(int(user["pid"])) == user.get("start")
 
 
 def _me(boot: str) -> dict[str, Any]:
-    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "boot": boot}
+    return {"pid": os.getpid(), "start": process_start_time(os.getpid()), "boot": boot}
 
 
 def _read(state: Path) -> dict[str, Any] | None:
